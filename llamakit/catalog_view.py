@@ -1,0 +1,107 @@
+"""Rich renderings of the catalog (kept apart so `llamakit.catalog` never imports rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Console, ConsoleOptions, Group
+from rich.measure import Measurement
+from rich.panel import Panel
+from rich.table import Table
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _tokens(n: int) -> str:
+    # 131072 -> "128K", 10485760 -> "10M": how release notes state context.
+    for unit, size in (("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size and n % (size // 4) == 0:
+            return f"{n / size:g}{unit}"
+    return str(n)
+
+
+_COLUMNS = ("name", "family", "params", "context", "MP", "formats", "gated", "licence")
+
+
+def _row(r) -> tuple[str, ...]:
+    mp = "-" if r.mp_shards is None else str(r.mp_shards)
+    return (r.name, r.family, r.params, _tokens(r.context_length), mp, ",".join(r.formats), _yes(r.gated), r.license)
+
+
+class _ReleasesTable:
+    """The full table where it fits the console; else name + one wrapped details column."""
+
+    def __init__(self, releases):
+        self.rows = [_row(r) for r in releases]
+
+    def _table(self, compact: bool) -> Table:
+        t = Table(
+            title=f"llamakit catalog: {len(self.rows)} releases", title_justify="left",
+            caption="MP: model-parallel shards of the original (Meta) checkpoint", caption_justify="left",
+            box=box.SIMPLE_HEAD, pad_edge=False,
+        )
+        t.add_column("name", style="bold", no_wrap=True)
+        if compact:
+            t.add_column("family params context MP formats gated licence")
+            for name, fam, params, ctx, mp, fmts, gated, lic in self.rows:
+                t.add_row(name, f"{fam} {params} {ctx} MP{mp} {fmts} {'gated' if gated == 'yes' else 'open'} {lic}")
+        else:
+            for col in _COLUMNS[1:]:
+                t.add_column(col, no_wrap=True, justify="right" if col in ("params", "context", "MP") else "left")
+            for row in self.rows:
+                t.add_row(*row)
+        return t
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions):
+        full = self._table(compact=False)
+        fits = Measurement.get(console, options.update(width=10_000), full).maximum <= options.max_width
+        yield full if fits else self._table(compact=True)
+
+
+def releases_table(releases) -> _ReleasesTable:
+    return _ReleasesTable(releases)
+
+
+def _kv_table(title: str, rows: dict[str, Any]) -> Table:
+    t = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
+    t.add_column(style="cyan", no_wrap=True)
+    t.add_column()
+    for k, v in rows.items():
+        t.add_row(k, "-" if v is None else str(v))
+    return t
+
+
+def info_panel(info: dict[str, Any]) -> Panel:
+    summary = {k: info.get(k) for k in ("family", "params", "variant", "context_length", "original_shards", "formats", "gated", "license")}
+    summary["formats"] = ", ".join(info.get("formats", []))
+    summary["gated"] = _yes(bool(summary["gated"]))
+    for k in ("quantization", "notes", "aliases"):
+        if k in info:
+            summary[k] = info[k]
+    parts = [
+        _kv_table("release", summary),
+        _kv_table("HF config.json", info["hf_config"]),
+        _kv_table("Meta params.json", info["params_json"]),
+    ]
+    for extra in ("moe", "vision"):
+        if extra in info:
+            parts.append(_kv_table(extra, info[extra]))
+    src = info.get("sources", {})
+    rows: dict[str, Any] = {}
+    if "hf" in src:
+        h = src["hf"]
+        rows["hub"] = h["repo"] + (f"@{h['revision']}" if h.get("revision") else "")
+        if h.get("original_dir") is not None:
+            rows["hub original"] = f"{h.get('original_repo') or h['repo']}/{h['original_dir']}".rstrip("/")
+    if "meta_url" in src:
+        files = src["meta_url"]["files"]
+        rows["meta url"] = f"{len(files)} files: {files[0]} … {files[-1]}" if len(files) > 2 else ", ".join(files)
+    if "pypi" in src:
+        p = src["pypi"]
+        rows["pypi"] = f"{p['package']}=={p['version']} → {p['file']}"
+    parts.append(_kv_table("sources", rows))
+    parts.append(_kv_table("", {"catalog file": info.get("catalog_file")}))
+    return Panel(Group(*parts), title=info["name"], title_align="left")
