@@ -1,0 +1,63 @@
+"""Publish an output directory all at once: build it under a temporary sibling, then rename.
+
+A reader (DVC, the next stage, a person) either sees the previous complete directory or the new
+complete one, never a half-written mix. The sibling lives in the same parent so the final
+rename stays on one filesystem and is atomic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from llamakit.errors import UsageError
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, *, marker: str) -> Iterator[Path]:
+    """Yield a fresh temporary directory; on success it replaces `out`.
+
+    An existing `out` is replaced only when it is empty or holds `marker` (a file this stage
+    writes), so a mistyped --out never deletes someone's unrelated directory.
+    """
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError("output path exists and is not a directory", path=out, fix="choose another --out")
+        if any(out.iterdir()) and not (out / marker).exists():
+            raise UsageError(
+                f"output directory is not empty and has no {marker} from a previous run",
+                path=out,
+                fix="choose an empty or new --out, or delete it yourself",
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the published dir should look like any other
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""Fine-tuning and evaluation stages (torch imported lazily by each module)."""
