@@ -114,6 +114,20 @@ class NetworkError(LlamakitError):
     exit_code = 1
 
 
+class DiskFullError(LlamakitError):
+    """No space (or a file-size limit) while writing; partial data stays under a temporary name."""
+
+    exit_code = 1
+
+    def __init__(self, path: str | Path, cause: OSError | None = None):
+        why = f" ({cause.strerror})" if cause is not None and cause.strerror else ""
+        super().__init__(
+            f"out of disk space while writing{why}",
+            path=path,
+            fix="free space (or choose another --out) and rerun; the partial download is kept and resumes",
+        )
+
+
 # --- failed checks (exit 1) -----------------------------------------------------
 
 

@@ -1,0 +1,150 @@
+"""Destination safety and durability shared by every fetch source.
+
+Everything llamakit keeps for itself lives under `DEST/.llamakit/` (partial
+downloads, the destination lock, the record of verified files, the lock of what
+was fetched), so a file under its final name is always a verified one.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import posixpath
+import tempfile
+from pathlib import Path
+
+from llamakit.errors import DiskFullError, UnsafePathError
+
+STATE_DIR = ".llamakit"
+# Trees that belong to tools, not to the release: never "extra", never fetched into.
+IGNORED_DIRS = (STATE_DIR, ".cache", ".git", ".dvc")
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+# mkstemp makes 0600 files; what we write is not secret, so give it the usual mode.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def safe_relpath(path: str, *, source: str | None = None) -> str:
+    """A listing/lock path as a normalised relative POSIX path, or UnsafePathError.
+
+    Refused: absolute paths, drive letters, backslashes, NUL, '..' anywhere, and
+    anything that would land in llamakit's own state directory.
+    """
+    if not isinstance(path, str) or not path or "\0" in path or "\\" in path:
+        raise UnsafePathError(repr(path), source=source)
+    if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
+        raise UnsafePathError(path, source=source)
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts) or parts[0] == STATE_DIR:
+        raise UnsafePathError(path, source=source)
+    return posixpath.join(*parts)
+
+
+def safe_dest(root: Path, rel: str, *, source: str | None = None) -> Path:
+    """`root/rel`, refusing any symlink on the way that points outside `root`."""
+    rel = safe_relpath(rel, source=source)
+    real_root = os.path.realpath(root)
+    target = Path(root, *rel.split("/"))
+    resolved = os.path.realpath(target)
+    if resolved != real_root and not resolved.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise UnsafePathError(rel, source=source or f"a symlink in {root}")
+    return target
+
+
+def state_dir(root: Path) -> Path:
+    d = Path(root) / STATE_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def disk_full(exc: OSError, path: str | Path) -> Exception:
+    """A failed local write as a typed error naming the file: ENOSPC/EFBIG/EDQUOT are a full disk, the rest
+    (permissions, I/O) a destination that cannot be written. Either way not the network's fault: no retry."""
+    if exc.errno in _DISK_FULL:
+        return DiskFullError(path, exc)
+    from llamakit.errors import UsageError
+
+    return UsageError(f"cannot write to the destination ({exc.strerror or exc})", path=path,
+                      fix="choose a writable --out")
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write to a temp name beside `path`, then rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+                if fsync:
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            raise disk_full(exc, path) from exc
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_json(path: Path, obj, *, fsync: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode(), fsync=fsync)
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def dest_lock(root: Path):
+    """An exclusive lock on a destination: a second fetch waits, then finds the files verified."""
+    from filelock import FileLock
+
+    return FileLock(str(state_dir(root) / "fetch.lock"))
+
+
+class VerifiedState:
+    """`.llamakit/verified.json`: files this destination already verified, keyed by stat.
+
+    A rerun skips a file whose size and mtime still match what was verified, and
+    re-hashes anything else, so an edited file is caught and refetched.
+    """
+
+    def __init__(self, root: Path):
+        self.path = state_dir(root) / "verified.json"
+        try:
+            self.data: dict[str, dict] = json.loads(self.path.read_text())
+            if not isinstance(self.data, dict):
+                self.data = {}
+        except (OSError, ValueError):
+            self.data = {}
+
+    def matches(self, rel: str, final: Path, digests: dict[str, str]) -> bool:
+        rec = self.data.get(rel)
+        try:
+            st = final.stat()
+        except OSError:
+            return False
+        if not rec or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
+            return False
+        return all(rec.get(k) == v for k, v in digests.items() if v)
+
+    def record(self, rel: str, final: Path, digests: dict[str, str]) -> None:
+        st = final.stat()
+        self.data[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, **{k: v for k, v in digests.items() if v}}
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.data, fsync=False)

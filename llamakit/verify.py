@@ -1,0 +1,250 @@
+"""`llamakit verify DIR`: every file's size and sha256 against the lock, md5 against
+Meta's checklist.chk, one read per file, files hashed in parallel.
+
+The lock is `--lock FILE`, `--lock MODEL` (manifests/locks/MODEL.*.json) or, by
+default, the `DIR/.llamakit/lock.json` a fetch left there. A checklist.chk found
+in DIR is always checked too; a checklist that is not `md5  path` lines is itself
+a failure, never a silent pass.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from llamakit.errors import InputFileError, LlamakitError, ManifestError, Mismatch, UnsafePathError, VerificationError
+
+OK = "ok"
+
+
+@dataclass
+class FileCheck:
+    path: str
+    status: str  # ok | missing | extra | truncated | altered | md5 | malformed
+    size: int | None = None
+    expected_size: int | None = None
+    sha256: str | None = None
+    md5: str | None = None
+    expected_sha256: str | None = None
+    expected_md5: str | None = None
+    checked: list[str] = field(default_factory=list)
+    detail: str | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in (None, [])}
+
+
+@dataclass
+class VerifyReport:
+    root: str
+    lock: str | None
+    checklists: list[str]
+    files: list[FileCheck]
+    bytes_hashed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def mismatches(self) -> list[Mismatch]:
+        out = []
+        for f in self.files:
+            if f.status == OK:
+                continue
+            if f.status == "md5":
+                exp, act = f.expected_md5, f.md5
+            elif f.status in ("truncated", "altered") and f.size != f.expected_size:
+                exp, act = f"{f.expected_size} bytes", f"{f.size} bytes"
+            elif f.status == "altered":
+                exp, act = f.expected_sha256, f.sha256
+            else:
+                exp, act = None, f.detail
+            out.append(Mismatch(f.path, f.status, exp, act))
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return all(f.status == OK for f in self.files)
+
+    def to_json(self) -> dict:
+        counts: dict[str, int] = {}
+        for f in self.files:
+            counts[f.status] = counts.get(f.status, 0) + 1
+        return {"root": self.root, "ok": self.ok, "lock": self.lock, "checklists": self.checklists, "counts": counts,
+                "bytes_hashed": self.bytes_hashed, "seconds": round(self.seconds, 3),
+                "files": [f.to_json() for f in self.files]}
+
+    def raise_for_mismatch(self) -> None:
+        bad = self.mismatches
+        if bad:
+            raise VerificationError(bad, root=self.root)
+
+
+@dataclass
+class _Expect:
+    size: int | None = None
+    sha256: str | None = None
+    md5: str | None = None
+    git_oid: str | None = None
+
+
+def _resolve_lock(directory: Path, lock: str | Path | None, entries: list[str]):
+    """(Lock | None, where it came from)."""
+    from llamakit.fetch import lock as lockmod
+
+    if lock is None:
+        own = directory / ".llamakit" / "lock.json"
+        return (lockmod.read_lock(own), str(own)) if own.exists() else (None, None)
+    p = Path(lock)
+    if p.exists() or str(lock).endswith(".json"):  # else a model name, alias or hub repo id
+        return lockmod.read_lock(p), str(p)
+    from llamakit import catalog
+
+    rel = catalog.get_release(str(lock))  # unknown model -> UnknownModelError with suggestions
+    candidates = lockmod.locks_for(rel.name)
+    if not candidates:
+        raise ManifestError(f"no lock for {rel.name} in manifests/locks", fix=f"create one with `llamakit lock {rel.name}`")
+    present = set(entries)
+    best = max(candidates, key=lambda c: len(present & set(lockmod.read_lock(c).by_path())))
+    return lockmod.read_lock(best), str(best)
+
+
+def _walk(directory: Path) -> list[str]:
+    """Every file under `directory` (relative POSIX paths), refusing symlinks that leave it."""
+    from llamakit.fetch._files import IGNORED_DIRS
+
+    root_real = os.path.realpath(directory)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        rel_dir = os.path.relpath(dirpath, directory)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d not in IGNORED_DIRS]
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                real = os.path.realpath(full)
+                if real != root_real and not real.startswith(root_real.rstrip(os.sep) + os.sep):
+                    raise UnsafePathError(os.path.relpath(full, directory), source=f"a symlink in {directory}")
+        for name in filenames:
+            rel = os.path.normpath(os.path.join(rel_dir, name)).replace(os.sep, "/")
+            out.append(rel)
+    return sorted(out)
+
+
+def verify_dir(directory: str | Path, *, lock: str | Path | None = None, workers: int | None = None,
+               show_progress: bool = True, hash_all: bool = False, allow_extra: bool = False) -> VerifyReport:
+    """Check `directory` against its lock and checklists. `hash_all` also hashes files nothing expects
+    (for `llamakit lock DIR`), and `allow_extra` then does not count them as mismatches."""
+    from llamakit.fetch._files import safe_dest
+    from llamakit.fetch._hashing import hash_files, needed_algos
+    from llamakit.fetch._progress import make_progress
+    from llamakit.fetch.checklist import is_checklist, read_checklist
+
+    t0 = time.perf_counter()
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputFileError("not a directory", path=directory, fix="pass the directory a fetch wrote")
+    present = _walk(directory)
+    lk, lock_src = _resolve_lock(directory, lock, present)
+
+    expect: dict[str, _Expect] = {}
+    if lk is not None:
+        for e in lk.files:
+            expect[e.path] = _Expect(e.size, e.sha256, e.md5, e.git_oid)
+    checks: dict[str, FileCheck] = {}
+    checklists = [p for p in present if is_checklist(p)]
+    for c in checklists:
+        try:
+            listed = read_checklist(directory / c, root=directory)
+        except InputFileError as exc:
+            checks[c] = FileCheck(c, "malformed", size=(directory / c).stat().st_size, detail=exc.message)
+            continue
+        checks[c] = FileCheck(c, OK, size=(directory / c).stat().st_size, checked=["format"])
+        for rel, md5 in listed.items():
+            expect.setdefault(rel, _Expect()).md5 = md5
+    if not expect and not (hash_all and allow_extra):
+        raise InputFileError("nothing to verify against: no lock and no checklist.chk", path=directory,
+                             fix="pass --lock FILE|MODEL, or fetch with `llamakit fetch` (it leaves a lock)")
+
+    jobs, job_paths = [], []
+    for rel, exp in sorted(expect.items()):
+        if rel in checks and checks[rel].status != OK:  # a malformed checklist stays reported as such
+            continue
+        full = safe_dest(directory, rel, source=lock_src)
+        fc = FileCheck(rel, OK, expected_size=exp.size, expected_sha256=exp.sha256, expected_md5=exp.md5)
+        checks[rel] = fc
+        if not full.is_file():
+            fc.status = "missing"
+            continue
+        fc.size = full.stat().st_size
+        if exp.size is not None:
+            fc.checked.append("size")
+            if fc.size != exp.size:
+                fc.status = "truncated" if fc.size < exp.size else "altered"
+                continue
+        algos = needed_algos(sha256=bool(exp.sha256) or hash_all, md5=bool(exp.md5), git=bool(exp.git_oid))
+        jobs.append((full, algos))
+        job_paths.append(rel)
+    for rel in present:
+        if rel in checks or (rel in checklists and rel not in expect):
+            continue
+        full = directory / rel
+        checks[rel] = FileCheck(rel, OK if allow_extra else "extra", size=full.stat().st_size)
+        if hash_all:
+            jobs.append((full, ("sha256",)))
+            job_paths.append(rel)
+
+    total = sum(os.stat(p).st_size for p, _ in jobs)
+    with make_progress(show_progress and total > 0, f"verifying {len(jobs)} files") as prog:
+        prog.advance_total(0, total)
+        results = hash_files(jobs, workers=workers, on_bytes=prog.advance_total)
+    hashed = 0
+    for rel, res in zip(job_paths, results):
+        fc = checks[rel]
+        if isinstance(res, BaseException):
+            fc.status, fc.detail = "missing", f"unreadable: {res}"
+            continue
+        n, got = res
+        hashed += n
+        fc.sha256, fc.md5 = got.get("sha256"), got.get("md5")
+        exp = expect.get(rel)
+        if exp is None:
+            continue
+        for algo, want in (("sha256", exp.sha256), ("git", exp.git_oid), ("md5", exp.md5)):
+            if want:
+                fc.checked.append(algo)
+                if got.get(algo) != want and fc.status == OK:
+                    fc.status = "md5" if algo == "md5" else "altered"
+    files = sorted(checks.values(), key=lambda f: f.path)
+    return VerifyReport(str(directory), lock_src, checklists, files, hashed, time.perf_counter() - t0)
+
+
+_STYLE = {OK: "green", "extra": "yellow"}
+
+
+def report_table(report: VerifyReport):
+    """A rich table: one row per file, mismatches in red."""
+    from rich.table import Table
+
+    bad = len(report.mismatches)
+    title = f"{report.root}: {len(report.files) - bad} ok, {bad} mismatched" + (f" (lock: {report.lock})" if report.lock else "")
+    t = Table(title=title, title_justify="left")
+    with_md5 = any(f.md5 or f.expected_md5 for f in report.files)
+    t.add_column("file", overflow="fold")
+    t.add_column("size", justify="right", no_wrap=True)
+    t.add_column("sha256", no_wrap=True)
+    if with_md5:
+        t.add_column("md5", no_wrap=True)
+    t.add_column("checked", no_wrap=True)
+    t.add_column("status")
+    for f in report.files:
+        style = _STYLE.get(f.status, "red")
+        row = [f.path, "" if f.size is None else f"{f.size:,}", (f.sha256 or "")[:12]]
+        if with_md5:
+            row.append((f.md5 or "")[:12])
+        row += [",".join(f.checked), f"[{style}]{f.status}[/]" + (f" ({f.detail})" if f.detail else "")]
+        t.add_row(*row)
+    return t
+
+
+__all__ = ["verify_dir", "report_table", "VerifyReport", "FileCheck", "LlamakitError"]
