@@ -75,7 +75,7 @@ class UnsafePathError(LlamakitError):
 
 class DestinationExistsError(LlamakitError):
     def __init__(self, path: str | Path):
-        super().__init__("destination exists and is not empty", path=path, fix="pass --force to replace it, or choose another --out")
+        super().__init__("destination exists and is not empty", path=path, fix="pass --force to replace it, or choose another destination")
 
 
 class UnsafeCheckpointError(LlamakitError):

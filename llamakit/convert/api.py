@@ -1,0 +1,163 @@
+"""`convert(SRC, DST)`: detect, stream-convert into a staging dir, prove equal, commit."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llamakit.errors import UsageError
+
+DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+          "fp32": "float32", "float32": "float32"}
+
+
+@dataclass
+class ConvertResult:
+    src: str
+    dst: str
+    src_format: str
+    dst_format: str
+    generation: str
+    mp_in: int
+    mp_out: int
+    n_tensors: int
+    bytes_written: int
+    files: list[str]
+    tokenizer: str
+    check: dict | None
+    wall_s: float
+    catalog: list[str] = field(default_factory=list)  # releases with exactly this architecture
+    timings: dict = field(default_factory=dict)  # seconds per phase: open, weights, tokenizer (concurrent), check, commit
+    arch: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    def summary_line(self) -> str:
+        shards = f" MP {self.mp_out}" if self.dst_format == "meta" else ""
+        src_mp = f" (MP {self.mp_in})" if self.src_format == "meta" else ""
+        check = (f"check: max |Δlogit| {self.check['max_abs']:.2e} ≤ {self.check['tol']:.1e}, "
+                 f"top-1 {self.check['top1']:.1%}") if self.check else "check: skipped (--no-check)"
+        known = f", as {self.catalog[0]}" + (f" (+{len(self.catalog) - 1})" if len(self.catalog) > 1 else "") if self.catalog else ""
+        return (f"converted {self.src_format}{src_mp} → {self.dst_format}{shards}: {self.n_tensors} tensors, "
+                f"{self.bytes_written / 1e9:.2f} GB in {len(self.files)} files → {self.dst} [{self.generation}{known}]; "
+                f"tokenizer: {self.tokenizer}; {check}; {self.wall_s:.1f}s")
+
+
+def _torch_dtype(dtype: str | None):
+    if dtype is None:
+        return None
+    import torch
+
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown --dtype {dtype!r}", fix="use bf16, fp16 or fp32")
+    return getattr(torch, DTYPES[dtype])
+
+
+def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", check=True, force=False,
+            show_progress=True, layerwise_check=None) -> ConvertResult:
+    """Convert SRC (Meta dir, HF dir or .gguf) to DST (`to` = 'hf' | 'meta'), streaming, then prove equality."""
+    from llamakit.convert import check as checkmod
+    from llamakit.convert import detect, hf, meta, output
+
+    t0 = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    to = to or "hf"
+    if to not in ("hf", "meta"):
+        raise UsageError(f"unknown --to {to!r}", fix="use --to hf or --to meta")
+    if mp is not None and to != "meta":
+        raise UsageError("--mp only applies to --to meta", fix="drop --mp, or add --to meta")
+    if mp is not None and mp < 1:
+        raise UsageError(f"--mp must be ≥ 1, got {mp}")
+    cast = _torch_dtype(dtype)
+    output.refuse_overlap(src, dst)
+    output.sweep(dst)
+    output.check_destination(dst, force=force)  # before any expensive work
+
+    source = detect.open_source(src)
+    arch = source.arch
+    mp_out = mp or (source.mp if source.fmt == "meta" else 1)
+    if to == "meta":
+        arch.check_mp(mp_out, path=src)
+    entries = source.entries()
+    real_cast = cast if cast is not None and any(e.dtype != cast for e in entries) else None
+    total = sum(e.nbytes for e in entries)
+
+    timings = {"open_s": round(time.perf_counter() - t0, 3)}
+    with output.staging(dst, force=force) as tmp:
+        # The tokenizer does not depend on the weights: convert it meanwhile. Its imports overlap the tensor
+        # copies and writes, which release the GIL. Leaving the pool waits for it, also when the weights fail.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamakit-tokenizer") as pool:
+            tok_job = pool.submit(_timed, _tokenizer, source, tmp, to, arch)
+            t = time.perf_counter()
+            with output.progress_bar(total, enabled=show_progress, label=f"{source.fmt}→{to}") as advance:
+                if to == "hf":
+                    files = hf.write_hf(source, tmp, dtype=cast, max_shard_size=max_shard_size, progress=advance)
+                else:
+                    files = meta.write_meta(source, tmp, mp=mp_out, dtype=cast, progress=advance)
+            timings["weights_s"] = round(time.perf_counter() - t, 3)
+            (tok_note, arch), timings["tokenizer_s"] = tok_job.result()
+        if to == "hf":
+            files += _hf_configs(source, tmp, arch, hf.main_dtype(source, cast))
+        report = None
+        if check:
+            t = time.perf_counter()
+            report = checkmod.compare(source, tmp, to, cast=real_cast, layerwise=layerwise_check, report_path=dst)
+            timings["check_s"] = round(time.perf_counter() - t, 3)
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        written = sum((tmp / f).stat().st_size for f in files)
+        t_commit = time.perf_counter()
+    timings["commit_s"] = round(time.perf_counter() - t_commit, 3)  # fsync + rename
+
+    return ConvertResult(
+        src=str(src), dst=str(dst), src_format=source.fmt, dst_format=to, generation=detect.generation(arch),
+        mp_in=source.mp, mp_out=mp_out if to == "meta" else 1, n_tensors=len(entries), bytes_written=written,
+        files=files, tokenizer=tok_note, check=report.to_json() if report else None,
+        wall_s=round(time.perf_counter() - t0, 3), catalog=getattr(source, "catalog", []), arch=arch.to_json(),
+        timings=timings,
+    )
+
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, round(time.perf_counter() - t, 3)
+
+
+def _tokenizer(source, out: Path, to: str, arch):
+    from llamakit.convert import tokenizer
+
+    if source.fmt == "meta" and to == "hf":
+        note, ids = tokenizer.meta_to_hf(source.tokenizer_path, out, llama31=arch.rope_scaling is not None)
+        if ids:
+            arch = arch.with_(**ids)
+        elif arch.bos_token_id is None:
+            arch = arch.with_(**({"bos_token_id": 1, "eos_token_id": 2} if arch.legacy_embedding else {}))
+        return note, arch
+    if source.fmt == "meta":
+        return tokenizer.meta_to_meta(source.path, out), arch
+    if source.fmt == "hf":
+        return (tokenizer.hf_to_hf(source.path, out) if to == "hf" else tokenizer.hf_to_meta(source.path, out)), arch
+    if to == "hf":
+        return tokenizer.gguf_to_hf(source.path, out), arch
+    return "skipped (Meta's format has no equivalent of a GGUF vocabulary)", arch
+
+
+def _hf_configs(source, out: Path, arch, dtype: str) -> list[Path]:
+    """config.json + generation_config.json: the source's own when it is HF (only the dtype changes)."""
+    from llamakit.convert import hf
+
+    if source.fmt != "hf":
+        return hf.write_configs(arch, out, dtype=dtype)
+    cfg = json.loads((source.path / "config.json").read_text())
+    cfg.pop("torch_dtype", None)
+    cfg["dtype"] = dtype
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    paths = [out / "config.json"]
+    if (source.path / "generation_config.json").is_file():
+        (out / "generation_config.json").write_bytes((source.path / "generation_config.json").read_bytes())
+        paths.append(out / "generation_config.json")
+    return paths

@@ -1,0 +1,138 @@
+"""The one Meta ⇄ HF ⇄ GGUF key map, and the pure tensor transforms it names.
+
+Every conversion in this package goes through `RULES`: each row says what a tensor is
+called in Meta's consolidated checkpoints, in a transformers `LlamaForCausalLM` state
+dict and in a llama.cpp GGUF, along which dim Meta's model-parallel code splits it
+(None: every shard holds a full copy), and which layout change it needs between the
+formats. The reverse direction is the same table read the other way, so there is no
+second map to drift out of sync.
+
+The canonical form the converters pass around is the *merged Meta* state dict: Meta
+names, Meta's interleaved rotary layout, one full tensor per key. GGUF stores q/k in
+that same interleaved layout (llama.cpp permutes HF checkpoints back to it), so only
+the HF side ever permutes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from llamakit.errors import UnknownKeyError
+
+if TYPE_CHECKING:
+    import torch
+
+# Split-dim sentinel: tok_embeddings is split along dim 1 by Llama 1/2's ParallelEmbedding
+# and along dim 0 (the vocabulary) by Llama 3's VocabParallelEmbedding.
+EMBED = "embed"
+
+# Tensors recomputed from the config, never converted: Llama 1's precomputed rotary
+# frequencies, and the rotary buffers old transformers versions saved in state dicts.
+DROPPED_META = frozenset({"rope.freqs"})
+_DROPPED_HF = re.compile(r"^model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq$")
+
+
+def is_dropped(key: str, fmt: str) -> bool:
+    return key in DROPPED_META if fmt == "meta" else bool(fmt == "hf" and _DROPPED_HF.match(key))
+
+
+@dataclass(frozen=True)
+class Rule:
+    meta: str
+    hf: str
+    gguf: str
+    shape: tuple[str, ...]  # full shape in symbols: V vocab, D dim, F FFN hidden, Q n_heads·head_dim, K n_kv_heads·head_dim
+    split: int | str | None  # MP split dim in Meta shards; EMBED; None = replicated
+    rope: str | None = None  # "q" | "k": Meta/GGUF interleaved rotary pairs ⇄ HF half-split halves
+    optional: bool = False  # absent when the embeddings are tied
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("tok_embeddings.weight", "model.embed_tokens.weight", "token_embd.weight", ("V", "D"), EMBED),
+    Rule("layers.{i}.attention_norm.weight", "model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight", ("D",), None),
+    Rule("layers.{i}.attention.wq.weight", "model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight", ("Q", "D"), 0, rope="q"),
+    Rule("layers.{i}.attention.wk.weight", "model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight", ("K", "D"), 0, rope="k"),
+    Rule("layers.{i}.attention.wv.weight", "model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight", ("K", "D"), 0),
+    Rule("layers.{i}.attention.wo.weight", "model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight", ("D", "Q"), 1),
+    Rule("layers.{i}.ffn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight", ("D",), None),
+    Rule("layers.{i}.feed_forward.w1.weight", "model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", ("F", "D"), 0),
+    Rule("layers.{i}.feed_forward.w2.weight", "model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", ("D", "F"), 1),
+    Rule("layers.{i}.feed_forward.w3.weight", "model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", ("F", "D"), 0),
+    Rule("norm.weight", "model.norm.weight", "output_norm.weight", ("D",), None),
+    Rule("output.weight", "lm_head.weight", "output.weight", ("V", "D"), 0, optional=True),
+)
+
+FORMATS = ("meta", "hf", "gguf")
+
+
+def _compile(pattern: str) -> re.Pattern:
+    return re.compile("^" + re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+
+
+_MATCHERS = {fmt: [(_compile(getattr(r, fmt)), r) for r in RULES] for fmt in FORMATS}
+
+
+def lookup(key: str, fmt: str, *, path=None) -> tuple[Rule, int | None]:
+    """The rule for `key` (named in format `fmt`) and its layer index, or UnknownKeyError."""
+    for pattern, rule in _MATCHERS[fmt]:
+        m = pattern.match(key)
+        if m:
+            return rule, (int(m.group("i")) if "i" in pattern.groupindex else None)
+    raise UnknownKeyError(key, path=path, direction=f"{fmt} checkpoint")
+
+
+def rename(key: str, src: str, dst: str, *, path=None) -> str:
+    rule, layer = lookup(key, src, path=path)
+    return name_of(rule, dst, layer)
+
+
+def name_of(rule: Rule, fmt: str, layer: int | None) -> str:
+    pattern = getattr(rule, fmt)
+    return pattern.format(i=layer) if layer is not None else pattern
+
+
+def canonical_keys(n_layers: int, *, tied: bool) -> list[str]:
+    """Every Meta key of a model, in model order (embeddings, layers, norm, output)."""
+    layer_rules = [r for r in RULES if "{i}" in r.meta]
+    keys: list[str] = []
+    for rule in RULES:
+        if rule is layer_rules[0]:
+            keys += [r.meta.format(i=i) for i in range(n_layers) for r in layer_rules]
+        elif rule not in layer_rules and not (rule.optional and tied):
+            keys.append(rule.meta)
+    return keys
+
+
+def split_dim(rule: Rule, *, legacy_embedding: bool) -> int | None:
+    if rule.split == EMBED:
+        return 1 if legacy_embedding else 0
+    return rule.split
+
+
+# --- rotary layout --------------------------------------------------------------
+# Meta rotates adjacent pairs (x0,x1),(x2,x3)... of each head (view_as_complex); HF's
+# rotate_half pairs x_j with x_{j+d/2}. Moving row 2j+c of a head to row c*d/2+j converts
+# one to the other exactly. It acts on each head alone, so it needs only the head size:
+# q (n_heads heads), k (n_kv_heads under GQA) and any block of whole heads all work alike.
+
+
+def interleaved_to_half(w: "torch.Tensor", n_heads: int) -> "torch.Tensor":
+    out, rest = w.shape[0], w.shape[1:]
+    return w.reshape(n_heads, out // n_heads // 2, 2, *rest).transpose(1, 2).reshape(out, *rest)
+
+
+def half_to_interleaved(w: "torch.Tensor", n_heads: int) -> "torch.Tensor":
+    out, rest = w.shape[0], w.shape[1:]
+    return w.reshape(n_heads, 2, out // n_heads // 2, *rest).transpose(1, 2).reshape(out, *rest)
+
+
+def to_hf_layout(rule: Rule, w: "torch.Tensor", head_dim: int) -> "torch.Tensor":
+    """Meta/GGUF layout → HF layout, for a whole tensor or any dim-0 block of whole heads of it."""
+    return interleaved_to_half(w, w.shape[0] // head_dim) if rule.rope else w
+
+
+def from_hf_layout(rule: Rule, w: "torch.Tensor", head_dim: int) -> "torch.Tensor":
+    """HF layout → Meta/GGUF layout, for a whole tensor or any dim-0 block of whole heads of it."""
+    return half_to_interleaved(w, w.shape[0] // head_dim) if rule.rope else w

@@ -1,0 +1,280 @@
+"""Meta's original format: consolidated.NN.pth model-parallel shards + params.json (+ checklist.chk).
+
+`plan_shards` is the pure part: from params.json and each shard's {key: shape} it derives
+the model-parallel degree, how tok_embeddings was split, the full shape of every tensor
+and the `Arch`, or says precisely what is inconsistent. `MetaSource` adds the I/O: lazy
+mmap'd shards, merged one tensor at a time. `write_meta` splits any source into N shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from llamakit.convert import keymap
+from llamakit.convert.arch import Arch, meta_ffn_dim, validate_params_json
+from llamakit.convert.pth import PthWriter, load_pth, prefetch, release
+from llamakit.errors import ConversionError, InputFileError
+
+if TYPE_CHECKING:
+    import torch
+
+SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of the canonical (merged Meta) state dict."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: "torch.dtype"
+
+    @property
+    def nbytes(self) -> int:
+        import math
+
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+PART_BYTES = 16 << 20  # tensors stream in dim-0 blocks of about this size
+
+
+def part_rows(entry: Entry, head_dim: int, itemsize: int | None = None) -> int:
+    """Rows per streamed block: whole heads (the rotary permutation works per head), ~PART_BYTES each."""
+    if len(entry.shape) == 1:
+        return entry.shape[0]
+    row_bytes = (entry.nbytes // entry.shape[0]) * max(1, (itemsize or entry.dtype.itemsize) // entry.dtype.itemsize)
+    rows = max(1, PART_BYTES // max(1, row_bytes))
+    return max(head_dim, rows - rows % head_dim)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    arch: Arch
+    mp: int
+    entries: list[Entry]
+    split_dims: dict[str, int | None]
+
+
+def shard_files(directory: Path) -> list[Path]:
+    """consolidated.NN.pth in rank order; a gap in the numbering is a missing shard."""
+    found = {int(m.group(1)): p for p in directory.iterdir() if (m := SHARD_RE.match(p.name))}
+    if not found:
+        raise InputFileError("no consolidated.NN.pth shards", path=directory, fix="point at a Meta checkpoint directory")
+    missing = [f"consolidated.{i:02d}.pth" for i in range(max(found) + 1) if i not in found]
+    if missing:
+        raise InputFileError(f"missing shard(s) {', '.join(missing)}", path=directory, fix="re-download the checkpoint")
+    return [found[i] for i in range(len(found))]
+
+
+def plan_shards(params: dict, shards: list[dict[str, tuple[tuple[int, ...], "torch.dtype"]]], *,
+                where: Path) -> ShardPlan:
+    """The merged layout of Meta shards, from shapes alone (no tensor data is read)."""
+    n = len(shards)
+    names = [f"consolidated.{r:02d}.pth" for r in range(n)]
+    keys0 = [k for k in shards[0] if k not in keymap.DROPPED_META]
+    for r in range(1, n):
+        ks = [k for k in shards[r] if k not in keymap.DROPPED_META]
+        if set(ks) != set(keys0):
+            diff = sorted(set(ks) ^ set(keys0))[:3]
+            raise ConversionError(f"{names[r]} and {names[0]} hold different tensors ({', '.join(diff)})", path=where)
+    rules = {k: keymap.lookup(k, "meta", path=where / names[0]) for k in keys0}
+
+    dim, n_heads = params["dim"], params["n_heads"]
+    head_dim = dim // n_heads
+    if "layers.0.attention.wq.weight" not in rules or "tok_embeddings.weight" not in rules:
+        raise ConversionError("no layers.0.attention.wq.weight / tok_embeddings.weight: not a Llama checkpoint", path=where)
+    wq_rows = shards[0]["layers.0.attention.wq.weight"][0][0]
+    if wq_rows * n != n_heads * head_dim:
+        mp_shapes = (n_heads * head_dim) // wq_rows if wq_rows and (n_heads * head_dim) % wq_rows == 0 else None
+        if mp_shapes and mp_shapes > n:
+            gone = ", ".join(f"consolidated.{r:02d}.pth" for r in range(n, mp_shapes))
+            raise ConversionError(f"missing shard(s) {gone}: the shard shapes say MP {mp_shapes} but {n} shard(s) are present",
+                                  path=where, fix="re-download the checkpoint")
+        raise ConversionError(f"shard shapes do not match params.json (wq has {wq_rows} rows per shard in {n} shard(s), "
+                              f"dim {dim})", path=where, fix="params.json belongs to another model")
+    emb_cols = shards[0]["tok_embeddings.weight"][0][1]
+    legacy = n > 1 and emb_cols * n == dim  # ParallelEmbedding split the model dim
+    if emb_cols not in (dim, dim // n if n > 1 else dim):
+        raise ConversionError(f"tok_embeddings has {emb_cols} columns per shard, dim is {dim}", path=where)
+
+    split_dims, full = {}, {}
+    for key, (rule, _) in rules.items():
+        d = keymap.split_dim(rule, legacy_embedding=legacy)
+        shapes = [s[key][0] for s in shards]
+        dtypes = {s[key][1] for s in shards}
+        if len(set(shapes)) != 1 or len(dtypes) != 1:
+            raise ConversionError(f"'{key}' differs between shards: {', '.join(f'{nm} {tuple(sh)}' for nm, sh in zip(names, shapes))}",
+                                  path=where, fix="the shards come from different checkpoints")
+        shape = list(shapes[0])
+        if d is not None:
+            shape[d] *= n
+        split_dims[key], full[key] = d, (tuple(shape), dtypes.pop())
+
+    tied = "output.weight" not in rules
+    emb_shape = full["tok_embeddings.weight"][0]
+    w1 = full.get("layers.0.feed_forward.w1.weight")
+    hidden = w1[0][0] if w1 else meta_ffn_dim(dim, params.get("multiple_of", 256), params.get("ffn_dim_multiplier"))
+    arch = Arch.from_params_json(params, path=where / "params.json", vocab_size=emb_shape[0], hidden_dim=hidden,
+                                 tied=tied, legacy_embedding=legacy or (n == 1 and params.get("vocab_size", -1) == -1))
+    expected = expected_shapes(arch)
+    missing = [k for k in expected if k not in full]
+    if missing:
+        raise ConversionError(f"missing tensor(s) {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}",
+                              path=where / names[0], fix="the checkpoint is incomplete")
+    for key, (shape, _) in full.items():
+        if key not in expected:
+            raise ConversionError(f"'{key}' is beyond n_layers={arch.n_layers} of params.json", path=where / names[0])
+        if shape != expected[key]:
+            raise ConversionError(f"'{key}' merges to {shape}, params.json implies {expected[key]}", path=where)
+    entries = [Entry(k, expected[k], full[k][1]) for k in expected]
+    return ShardPlan(arch, n, entries, split_dims)
+
+
+def expected_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
+    """Full shape of every Meta tensor of `arch`, in model order."""
+    sizes = {"V": arch.vocab_size, "D": arch.dim, "F": arch.hidden_dim,
+             "Q": arch.n_heads * arch.head_dim, "K": arch.n_kv_heads * arch.head_dim}
+    out = {}
+    for key in keymap.canonical_keys(arch.n_layers, tied=arch.tied):
+        rule, _ = keymap.lookup(key, "meta")
+        out[key] = tuple(sizes[s] for s in rule.shape)
+    return out
+
+
+class MetaSource:
+    """A Meta checkpoint directory, read lazily: each tensor merged from its shards on demand."""
+
+    fmt = "meta"
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory)
+        files = shard_files(self.path)
+        self.params = validate_params_json(self.path / "params.json")
+        self._shards = [load_pth(f) for f in files]
+        shapes = [{k: (tuple(t.shape), t.dtype) for k, t in s.items()} for s in self._shards]
+        self.plan = plan_shards(self.params, shapes, where=self.path)
+        self.arch, self.mp = self.plan.arch, self.plan.mp
+
+    def entries(self) -> list[Entry]:
+        return self.plan.entries
+
+    def load(self, name: str) -> "torch.Tensor":
+        """The merged tensor (a fresh copy; the shards' pages are handed back)."""
+        import torch
+
+        return torch.cat([block.clone() for block in self.parts(name, 1 << 62)], dim=0)
+
+    def parts(self, name: str, rows: int):
+        """The merged tensor as consecutive dim-0 blocks of at most `rows` rows, without merging it whole.
+
+        Blocks of a dim-0 split are views of the mapped shard (no copy); dim-1 splits are
+        concatenated block by block. Pages are handed back as each block is consumed."""
+        import torch
+
+        d = self.plan.split_dims[name]
+        pieces = [s[name] for s in self._shards]
+        if d is None:
+            for r, p in enumerate(pieces[1:], 1):
+                if not torch.equal(p, pieces[0]):
+                    raise ConversionError(f"replicated tensor '{name}' differs between consolidated.00 and .{r:02d}",
+                                          path=self.path, fix="the shards come from different checkpoints")
+            for p in pieces[1:]:
+                release(p)
+            pieces = pieces[:1]
+        if d is None or d == 0:
+            for p in pieces:
+                for a in range(0, p.shape[0], rows):
+                    block = p[a:a + rows]
+                    prefetch(block)
+                    yield block
+                    release(block)
+            return
+        for a in range(0, pieces[0].shape[0], rows):
+            blocks = [p[a:a + rows] for p in pieces]
+            for b in blocks:
+                prefetch(b)
+            yield torch.cat(blocks, dim=1)
+            for b in blocks:
+                release(b)
+
+    def shard_weights(self) -> Callable[[int, str], "torch.Tensor"]:
+        """(rank, key) -> that shard's tensor in float32, for the reference forward."""
+
+        def get(rank: int, name: str):
+            import torch
+
+            t = self._shards[rank][name]
+            out = t.to(torch.float32, copy=True)
+            release(t)
+            return out
+
+        return get
+
+
+def write_meta(source, out: Path, *, mp: int, dtype, progress: Callable[[str, int], None]) -> list[Path]:
+    """Split `source` into `mp` consolidated.NN.pth files + params.json + checklist.chk, block by block."""
+    arch = source.arch
+    entries = source.entries()
+    plans = []
+    for e in entries:
+        rule, _ = keymap.lookup(e.name, "meta")
+        d = keymap.split_dim(rule, legacy_embedding=arch.legacy_embedding)
+        shard_shape = list(e.shape)
+        if d is not None:
+            shard_shape[d] //= mp
+        plans.append((e, d, tuple(shard_shape), dtype or e.dtype))
+    paths = [out / f"consolidated.{r:02d}.pth" for r in range(mp)]
+    writers = [PthWriter(p, [(e.name, shape, dt) for e, _, shape, dt in plans]) for p in paths]
+    try:
+        for e, d, shard_shape, out_dtype in plans:
+            for w in writers:
+                w.begin(e.name)
+            row = 0  # rows of the full tensor written so far (dim-0 splits send each row to one shard)
+            for part in source.parts(e.name, part_rows(e, arch.head_dim, out_dtype.itemsize)):
+                if part.dtype != out_dtype:
+                    part = part.to(out_dtype)
+                if d is None:
+                    for w in writers:
+                        w.write(part)
+                elif d == 1:
+                    for w, chunk in zip(writers, part.chunk(mp, dim=1)):
+                        w.write(chunk)
+                else:
+                    while part.shape[0]:
+                        r, within = divmod(row, shard_shape[0])
+                        take = min(part.shape[0], shard_shape[0] - within)
+                        writers[r].write(part[:take])
+                        part, row = part[take:], row + take
+            for w in writers:
+                w.end()
+            progress(e.name, e.nbytes)
+        for w in writers:
+            w.close()
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    (out / "params.json").write_text(json.dumps(arch.to_params_json(), indent=2) + "\n")
+    write_checklist(out)
+    return paths + [out / "params.json", out / "checklist.chk"]
+
+
+def write_checklist(directory: Path) -> Path:
+    """checklist.chk as Meta ships it: `md5  name` for every file beside it."""
+    lines = []
+    for p in sorted(directory.iterdir()):
+        if p.is_file() and p.name != "checklist.chk":
+            h = hashlib.md5(usedforsecurity=False)
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    h.update(chunk)
+            lines.append(f"{h.hexdigest()}  {p.name}\n")
+    path = directory / "checklist.chk"
+    path.write_text("".join(lines))
+    return path

@@ -1,0 +1,129 @@
+"""Writing a converted model without ever leaving a half-written DST.
+
+Everything is written to `.DST.partial-PID` beside DST (same filesystem, so the final
+rename is atomic), fsynced, checked, and only then renamed to DST. A replaced DST
+(--force) is first moved to `.DST.old-PID` and deleted after the swap. A run killed at
+any moment leaves DST either absent, as it was, or complete; the next run sweeps the
+leftovers of dead runs (restoring an `.old` copy if the kill fell between the renames).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from llamakit.errors import DestinationExistsError, UsageError
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leftovers(dst: Path) -> list[tuple[str, int, Path]]:
+    pat = re.compile(rf"^\.{re.escape(dst.name)}\.(partial|old)-(\d+)$")
+    if not dst.parent.is_dir():
+        return []
+    return [(m.group(1), int(m.group(2)), p) for p in dst.parent.iterdir() if (m := pat.match(p.name))]
+
+
+def sweep(dst: Path) -> None:
+    """Remove what killed runs left beside DST."""
+    for kind, pid, path in _leftovers(dst):
+        if pid == os.getpid() or _alive(pid):
+            continue
+        if kind == "old" and not dst.exists():
+            os.rename(path, dst)  # killed between the two renames: the previous DST is whole, put it back
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def check_destination(dst: Path, *, force: bool) -> None:
+    if dst.exists() and not force and (not dst.is_dir() or any(dst.iterdir())):
+        raise DestinationExistsError(dst)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def staging(dst: Path, *, force: bool) -> Iterator[Path]:
+    """A fresh directory that becomes DST if the block completes, and vanishes if it raises."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    sweep(dst)
+    check_destination(dst, force=force)
+    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        _commit(tmp, dst, force=force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _commit(tmp: Path, dst: Path, *, force: bool) -> None:
+    check_destination(dst, force=force)  # something may have appeared while we converted
+    old = None
+    if dst.is_dir() and not any(dst.iterdir()):
+        dst.rmdir()
+    elif dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        os.rename(dst, old)
+    os.rename(tmp, dst)
+    fd = os.open(dst.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def refuse_overlap(src: Path, dst: Path) -> None:
+    s, d = Path(src).resolve(), Path(dst).resolve()
+    if s == d or d in s.parents or (s.is_dir() and s in d.parents):
+        raise UsageError("DST overlaps SRC", path=dst, fix="write the conversion to a separate directory")
+
+
+@contextmanager
+def progress_bar(total: int, *, enabled: bool, label: str) -> Iterator[Callable[[str, int], None]]:
+    """A per-tensor rich progress bar on stderr; `advance(name, nbytes)` after each tensor."""
+    if not enabled:
+        yield lambda _name, _n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    cols = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*cols, console=Console(stderr=True), transient=True) as prog:
+        task = prog.add_task(label, total=total)
+
+        def advance(name: str, n: int) -> None:
+            prog.update(task, advance=n, description=f"{label} {name}")
+
+        yield advance

@@ -1,0 +1,173 @@
+"""A small, faithful forward pass of Meta's Llama model code, run on Meta's own shards.
+
+This follows `llama/model.py` of Meta's llama (1/2) and llama3 / llama-models repos line
+for line where it matters: RMSNorm in float32, rotary embeddings as complex products on
+*adjacent* pairs (`view_as_complex`), llama3 frequency scaling (`apply_scaling`),
+grouped-query attention with `repeat_kv`, SwiGLU `w2(silu(w1 x) * w3 x)`, tied output
+when the checkpoint has no `output.weight`.
+
+It does not merge model-parallel shards. Like fairscale's layers it runs every rank on
+its own slice and combines them the way the collective ops would: ColumnParallel
+outputs are gathered, RowParallel outputs are summed, ParallelEmbedding (Llama 1/2)
+gathers along the model dim, VocabParallelEmbedding (Llama 3) masks and sums. So it
+checks a converter's merge dims and rotary permutation independently of the converter.
+
+Weights are fetched one layer at a time through `weights(rank, name)`, which keeps the
+memory of a check bounded by one layer however big the model is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Weights = Callable[[int, str], torch.Tensor]  # (rank, Meta key) -> float32 tensor (that rank's shard)
+
+
+@dataclass
+class ModelArgs:
+    """Meta's ModelArgs, from params.json."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int | None = None
+    vocab_size: int = -1
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    use_scaled_rope: bool = False
+    rope_scaling_factor: float | None = None
+    rope_high_freq_factor: float = 4.0
+    # llamakit extensions, written to params.json only when they differ from Meta's constants
+    rope_low_freq_factor: float = 1.0
+    rope_original_max_position_embeddings: int = 8192
+
+    @classmethod
+    def from_params(cls, params: dict) -> "ModelArgs":
+        return cls(**{k: v for k, v in params.items() if k in cls.__dataclass_fields__})
+
+
+def apply_scaling(freqs: torch.Tensor, scale_factor: float, low_freq_factor: float, high_freq_factor: float,
+                  old_context_len: int) -> torch.Tensor:
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    new_freqs = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            new_freqs.append(freq)
+        elif wavelen > low_freq_wavelen:
+            new_freqs.append(freq / scale_factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            new_freqs.append((1 - smooth) * freq / scale_factor + smooth * freq)
+    return torch.tensor(new_freqs, dtype=freqs.dtype, device=freqs.device)
+
+
+def precompute_freqs_cis(args: ModelArgs, end: int, *, tied: bool) -> torch.Tensor:
+    dim = args.dim // args.n_heads
+    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, dim, 2)[: (dim // 2)].float() / dim))
+    if args.use_scaled_rope:
+        # Meta leaves the factor out of params.json: 32 for the tied 3.2 1B/3B, 8 otherwise
+        factor = args.rope_scaling_factor or (32.0 if tied else 8.0)
+        freqs = apply_scaling(freqs, factor, args.rope_low_freq_factor, args.rope_high_freq_factor,
+                              args.rope_original_max_position_embeddings)
+    t = torch.arange(end, device=freqs.device, dtype=torch.float32)
+    freqs = torch.outer(t, freqs)
+    return torch.polar(torch.ones_like(freqs), freqs)
+
+
+def apply_rotary_emb(xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    xq_ = torch.view_as_complex(xq.float().reshape(*xq.shape[:-1], -1, 2))
+    xk_ = torch.view_as_complex(xk.float().reshape(*xk.shape[:-1], -1, 2))
+    freqs_cis = freqs_cis.view(1, xq_.shape[1], 1, xq_.shape[-1])
+    xq_out = torch.view_as_real(xq_ * freqs_cis).flatten(3)
+    xk_out = torch.view_as_real(xk_ * freqs_cis).flatten(3)
+    return xq_out.type_as(xq), xk_out.type_as(xk)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    bs, slen, n_kv_heads, head_dim = x.shape
+    if n_rep == 1:
+        return x
+    return x[:, :, :, None, :].expand(bs, slen, n_kv_heads, n_rep, head_dim).reshape(bs, slen, n_kv_heads * n_rep, head_dim)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    out = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+    return out.type_as(x) * weight
+
+
+def attention(args: ModelArgs, mp: int, w: Weights, i: int, x: torch.Tensor, freqs_cis, mask) -> torch.Tensor:
+    bsz, seqlen, _ = x.shape
+    n_kv_heads = args.n_kv_heads or args.n_heads
+    n_local_heads, n_local_kv_heads = args.n_heads // mp, n_kv_heads // mp
+    n_rep = n_local_heads // n_local_kv_heads
+    head_dim = args.dim // args.n_heads
+    out = 0
+    for rank in range(mp):  # each rank owns n_local_heads heads: ColumnParallel wq/wk/wv, RowParallel wo
+        p = f"layers.{i}.attention."
+        xq = (x @ w(rank, p + "wq.weight").T).view(bsz, seqlen, n_local_heads, head_dim)
+        xk = (x @ w(rank, p + "wk.weight").T).view(bsz, seqlen, n_local_kv_heads, head_dim)
+        xv = (x @ w(rank, p + "wv.weight").T).view(bsz, seqlen, n_local_kv_heads, head_dim)
+        xq, xk = apply_rotary_emb(xq, xk, freqs_cis)
+        keys, values = repeat_kv(xk, n_rep), repeat_kv(xv, n_rep)
+        xq, keys, values = xq.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
+        scores = torch.matmul(xq, keys.transpose(2, 3)) / math.sqrt(head_dim)
+        scores = F.softmax((scores + mask).float(), dim=-1).type_as(xq)
+        o = torch.matmul(scores, values).transpose(1, 2).contiguous().view(bsz, seqlen, -1)
+        out = out + o @ w(rank, p + "wo.weight").T  # the all-reduce of RowParallelLinear
+    return out
+
+
+def feed_forward(mp: int, w: Weights, i: int, x: torch.Tensor) -> torch.Tensor:
+    out = 0
+    for rank in range(mp):
+        p = f"layers.{i}.feed_forward."
+        h = F.silu(x @ w(rank, p + "w1.weight").T) * (x @ w(rank, p + "w3.weight").T)
+        out = out + h @ w(rank, p + "w2.weight").T
+    return out
+
+
+def embed(args: ModelArgs, mp: int, w: Weights, tokens: torch.Tensor) -> torch.Tensor:
+    shards = [w(rank, "tok_embeddings.weight") for rank in range(mp)]
+    if shards[0].shape[1] != args.dim:  # ParallelEmbedding: each rank holds a slice of the model dim
+        return torch.cat([F.embedding(tokens, e) for e in shards], dim=-1)
+    out, start = 0, 0  # VocabParallelEmbedding: each rank holds a slice of the vocabulary
+    for e in shards:
+        local = tokens - start
+        hit = (local >= 0) & (local < e.shape[0])
+        out = out + F.embedding(local.clamp(0, e.shape[0] - 1), e) * hit[..., None]
+        start += e.shape[0]
+    return out
+
+
+def output(args: ModelArgs, mp: int, w: Weights, h: torch.Tensor, *, tied: bool) -> torch.Tensor:
+    name = "tok_embeddings.weight" if tied else "output.weight"
+    shards = [w(rank, name) for rank in range(mp)]
+    if shards[0].shape[1] != args.dim:  # tied to a dim-split embedding: partial sums over the model dim
+        cols = torch.split(h, [s.shape[1] for s in shards], dim=-1)
+        return sum(c @ s.T for c, s in zip(cols, shards)).float()
+    return torch.cat([h @ s.T for s in shards], dim=-1).float()  # ColumnParallelLinear(gather_output=True)
+
+
+@torch.no_grad()
+def forward(params: dict, weights: Weights, tokens: torch.Tensor, *, mp: int = 1, tied: bool = False) -> torch.Tensor:
+    """Logits [batch, seq, vocab] in float32 for `tokens` [batch, seq]."""
+    args = ModelArgs.from_params(params)
+    _, seqlen = tokens.shape
+    freqs_cis = precompute_freqs_cis(args, seqlen, tied=tied)
+    mask = torch.triu(torch.full((seqlen, seqlen), float("-inf")), diagonal=1)
+    h = embed(args, mp, weights, tokens)
+    for i in range(args.n_layers):
+        h = h + attention(args, mp, weights, i, rms_norm(h, weights(0, f"layers.{i}.attention_norm.weight"), args.norm_eps),
+                          freqs_cis, mask)
+        h = h + feed_forward(mp, weights, i, rms_norm(h, weights(0, f"layers.{i}.ffn_norm.weight"), args.norm_eps))
+    h = rms_norm(h, weights(0, "norm.weight"), args.norm_eps)
+    return output(args, mp, weights, h, tied=tied)

@@ -1,0 +1,97 @@
+"""The equivalence check catches real conversion bugs, and its layer-by-layer mode agrees with the whole model."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pytest
+import torch
+from convert_helpers import hf_dir, write_meta_checkpoint
+from safetensors.torch import load_file, save_file
+
+from llamakit.convert import check, convert, keymap
+from llamakit.convert.detect import open_source
+from llamakit.errors import EquivalenceError
+
+pytestmark = pytest.mark.usefixtures("small_blocks")
+
+
+@pytest.fixture
+def converted(tmp_path):
+    src, params, _ = write_meta_checkpoint(tmp_path / "meta", "gqa", 2)
+    convert(src, tmp_path / "hf", check=False, show_progress=False)
+    return open_source(src), tmp_path / "hf"
+
+
+def _rewrite(d, fn):
+    sd = load_file(d / "model.safetensors")
+    fn(sd)
+    save_file(sd, d / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_layerwise_and_whole_model_agree(converted):
+    source, out = converted
+    whole = check.compare(source, out, "hf", layerwise=False)
+    layered = check.compare(source, out, "hf", layerwise=True)
+    assert "layer by layer" in layered.result and "layer by layer" not in whole.result
+    assert whole.top1 == layered.top1 == 1.0
+    tokens = check.token_batch(source.arch.vocab_size)
+    a, _ = check.hf_logits(out, tokens, layerwise=False)
+    b, _ = check.hf_logits(out, tokens, layerwise=True)
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+
+
+def test_check_catches_the_gqa_permutation_bug(converted, tmp_path):
+    """transformers#26109: k permuted with n_heads instead of n_kv_heads gives a model that loads and babbles."""
+    source, out = converted
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    a = source.arch
+
+    def wrong_k(sd):
+        for i in range(a.n_layers):
+            k = f"model.layers.{i}.self_attn.k_proj.weight"
+            meta_layout = keymap.half_to_interleaved(sd[k], a.n_kv_heads)
+            sd[k] = meta_layout.reshape(a.n_heads, -1, 2, a.dim).transpose(1, 2).reshape(meta_layout.shape).contiguous()
+
+    _rewrite(bad, wrong_k)
+    with pytest.raises(EquivalenceError) as exc:
+        check.compare(source, bad, "hf")
+    assert exc.value.exit_code == 1 and "disagrees with the source" in exc.value.one_line()
+
+
+def test_check_catches_a_missing_permutation(converted, tmp_path):
+    source, out = converted
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+
+    def meta_layout_q(sd):
+        for i in range(source.arch.n_layers):
+            q = f"model.layers.{i}.self_attn.q_proj.weight"
+            sd[q] = keymap.half_to_interleaved(sd[q], source.arch.n_heads).contiguous()
+
+    _rewrite(bad, meta_layout_q)
+    with pytest.raises(EquivalenceError):
+        check.compare(source, bad, "hf")
+
+
+def test_a_cast_that_overflows_fails_the_check_through_the_cli(tmp_path, monkeypatch, capsys):
+    src = hf_dir(tmp_path, "gqa")
+    _rewrite(src, lambda sd: sd["model.layers.0.mlp.down_proj.weight"].mul_(1e7))  # beyond float16's range
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["llamakit", "convert", str(src), str(tmp_path / "out"), "--dtype", "fp16"])
+    from llamakit.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 1 and len(err.splitlines()) == 1 and "disagrees with the source" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bf16_cast_passes_within_its_tolerance(tmp_path):
+    src = hf_dir(tmp_path, "tied")
+    r = convert(src, tmp_path / "bf16", dtype="bf16", show_progress=False)
+    assert 0 < r.check["max_abs"] <= r.check["tol"]
+    assert all(v.dtype == torch.bfloat16 for v in load_file(tmp_path / "bf16" / "model.safetensors").values())
