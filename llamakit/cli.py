@@ -213,7 +213,8 @@ def evaluate_cmd(
     from llamakit.train import evaluate
 
     result = evaluate.run(model, data, out, split=split)
-    _console().print(result.summary_line())
+    _console().print(result.report_text, markup=False, soft_wrap=True)
+    _console().print(result.summary_line(), markup=False, soft_wrap=True)
 
 
 # --- report ---------------------------------------------------------------------
@@ -221,15 +222,19 @@ def evaluate_cmd(
 
 @app.command("report")
 def report_cmd(
-    metrics: Path = typer.Option(..., "--metrics", help="metrics.json written by `llamakit evaluate`."),
-    result: str = typer.Option(..., "--result", help="Registry entry (name or path under manifests/results/)."),
+    metrics: Optional[Path] = typer.Option(None, "--metrics", help="metrics.json written by `llamakit evaluate`."),
+    result: Optional[str] = typer.Option(None, "--result", help="Registry entry (name or path under manifests/results/)."),
     out: Path = typer.Option(..., "--out", help="Output directory for report.md/html/json."),
-    check: bool = typer.Option(False, "--check", help="Exit 1 when a metric is outside tolerance."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 when a metric is outside tolerance. Without --metrics/--result: gate the report already in --out."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Fine-tune output dir (train_summary.json seeds/threads, dvclive loss curve)."),
+    timings: Optional[Path] = typer.Option(None, "--timings", help="Per-stage timing files (default: work/timings when present)."),
+    release_lock: Optional[Path] = typer.Option(None, "--release-lock", help="The release's lock (manifests/locks/...json) for provenance."),
+    dvc_lock: Path = typer.Option(Path("dvc.lock"), "--dvc-lock", help="dvc.lock whose stage output hashes go into provenance."),
 ) -> None:
     """Hold reproduced metrics against a reported result, with provenance."""
     from llamakit import report as reportmod
 
-    rep = reportmod.build_report(metrics, result, out)
+    rep = reportmod.build_or_load(metrics, result, out, run_dir=run, timings_dir=timings, dvc_lock=dvc_lock, release_lock=release_lock)
     _console().print(reportmod.summary(rep))
     if check:
         rep.raise_for_failures()

@@ -1,0 +1,199 @@
+"""The reported-score registry: schema validation, lookup, tolerances, recording a reference."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llamakit import results
+from llamakit.errors import ManifestError
+
+REPO = Path(__file__).resolve().parents[1]
+REGISTRY = REPO / "manifests" / "results"
+
+# The seed's table exactly as issue 5 prints it: the registry entry must say the same.
+SEED_TABLE = """
+              precision    recall  f1-score   support
+       B-LOC      0.926     0.906     0.916      1668
+       I-LOC      0.900     0.805     0.850       257
+      B-MISC      0.875     0.856     0.865       702
+      I-MISC      0.838     0.782     0.809       216
+       B-ORG      0.914     0.898     0.906      1661
+       I-ORG      0.911     0.894     0.902       835
+       B-PER      0.964     0.957     0.960      1617
+       I-PER      0.983     0.980     0.982      1156
+           O      0.993     0.995     0.994     38323
+   micro avg      0.973     0.973     0.973     46435
+   macro avg      0.923     0.897     0.909     46435
+weighted avg      0.973     0.973     0.973     46435
+"""
+
+
+def _parse_table(text: str) -> dict[str, dict[str, float]]:
+    rows = {}
+    for line in text.strip().splitlines()[1:]:
+        *name, p, r, f, s = line.split()
+        rows[" ".join(name)] = {"precision": float(p), "recall": float(r), "f1": float(f), "support": float(s)}
+    return rows
+
+
+def test_every_registry_entry_validates():
+    entries = results.list_results(REGISTRY)
+    assert {e.name for e in entries} >= {"conll2003-smollm2-full"}
+    for e in entries:
+        assert e.flat_metrics(), e.name
+
+
+def test_seed_entry_is_the_seed_table_verbatim():
+    entry = results.load_result("conll2003-smollm2-full", REGISTRY)
+    assert entry.kind == "reported" and entry.dataset.split == "test" and entry.dataset.n_words == 46435
+    assert entry.metrics["token"] == _parse_table(SEED_TABLE)
+    assert len(entry.flat_metrics()) == 12 * 4
+    assert list(entry.metrics["token"])[:3] == ["B-LOC", "I-LOC", "B-MISC"]  # the seed's row order
+
+
+def test_tolerance_most_specific_wins():
+    entry = results.load_result("conll2003-smollm2-full", REGISTRY)
+    assert entry.tolerance_for("token.micro avg.f1") == 0.005  # per metric
+    assert entry.tolerance_for("token.B-LOC.support") == 0.0  # per stat
+    assert entry.tolerance_for("token.B-LOC.f1") == entry.tolerance.default
+
+
+def test_definitions_cover_metrics():
+    entry = results.load_result("conll2003-smollm2-full", REGISTRY)
+    assert "first sub-token" in entry.definition_for("token.B-LOC.f1")
+    assert entry.definition_for("token.micro avg.support") == "Total words in the split."
+
+
+def test_lookup_and_flatten_paths():
+    tree = {"token": {"micro avg": {"f1": 0.5}}, "n_words": 3}
+    assert results.lookup(tree, "token.micro avg.f1") == 0.5
+    assert results.lookup(tree, "token.macro avg.f1") is None
+    assert results.flatten({"a": {"b": 1, "c": {"d": 2.5}}}) == {"a.b": 1.0, "a.c.d": 2.5}
+
+
+def _good_doc(name: str = "toy") -> dict:
+    return {
+        "schema_version": 1,
+        "name": name,
+        "kind": "reported",
+        "title": "toy",
+        "citation": {"source": "a test"},
+        "model": "m",
+        "dataset": {"name": "conll2003", "split": "test"},
+        "definitions": {"token": "word-level"},
+        "metrics": {"token": {"O": {"f1": 0.9, "support": 10}}},
+        "tolerance": {"default": 0.01, "stats": {"support": 0}},
+    }
+
+
+def _write(tmp_path: Path, doc, name: str = "toy") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_good_minimal_entry(tmp_path):
+    entry = results.load_result_file(_write(tmp_path, _good_doc()))
+    assert entry.flat_metrics() == {"token.O.f1": 0.9, "token.O.support": 10.0}
+
+
+def _mutate(change):
+    doc = _good_doc()
+    change(doc)
+    return doc
+
+
+MALFORMED = {
+    "missing citation": (_mutate(lambda d: d.pop("citation")), "citation"),
+    "unknown key": (_mutate(lambda d: d.update(cittation={"source": "x"})), "unknown key"),
+    "bad kind": (_mutate(lambda d: d.update(kind="paper")), "kind"),
+    "negative tolerance": (_mutate(lambda d: d["tolerance"].update(default=-0.1)), "tolerance.default"),
+    "negative per-stat tolerance": (_mutate(lambda d: d["tolerance"].update(stats={"support": -1})), ">= 0"),
+    "string value": (_mutate(lambda d: d["metrics"]["token"]["O"].update(f1="high")), "token.O.f1"),
+    "bool value": (_mutate(lambda d: d["metrics"]["token"]["O"].update(f1=True)), "token.O.f1"),
+    "empty metrics": (_mutate(lambda d: d.update(metrics={})), "no values"),
+    "undefined family": (_mutate(lambda d: d["metrics"].update(entity={"LOC": {"f1": 0.5}})), "entity"),
+    "tolerance for unknown metric": (_mutate(lambda d: d["tolerance"].update(metrics={"token.X.f1": 0.1})), "token.X.f1"),
+    "tolerance for unknown stat": (_mutate(lambda d: d["tolerance"].update(stats={"recall": 0.1})), "recall"),
+    "reference without profile": (_mutate(lambda d: d.update(kind="reference")), "profile"),
+    "dotted key": (_mutate(lambda d: d["metrics"]["token"].update({"a.b": {"f1": 0.1}})), "a.b"),
+    "wrong schema version": (_mutate(lambda d: d.update(schema_version=2)), "schema_version"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_entry_names_the_file(tmp_path, case):
+    doc, expect = MALFORMED[case]
+    path = _write(tmp_path, doc)
+    with pytest.raises(ManifestError) as err:
+        results.load_result_file(path)
+    assert err.value.path == str(path)
+    assert expect in err.value.message
+    assert err.value.exit_code == 2
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = _write(tmp_path, "schema_version: 1\nname: toy\nmetrics: {token: [\n")
+    with pytest.raises(ManifestError) as err:
+        results.load_result_file(path)
+    assert err.value.path.startswith(str(path) + ":")
+
+
+def test_not_a_mapping(tmp_path):
+    with pytest.raises(ManifestError, match="mapping"):
+        results.load_result_file(_write(tmp_path, "- just\n- a list\n"))
+
+
+def test_name_must_match_file(tmp_path):
+    with pytest.raises(ManifestError, match="differs from its file name"):
+        results.load_result_file(_write(tmp_path, _good_doc("other"), name="toy"))
+
+
+def test_unknown_name_suggests(tmp_path):
+    _write(tmp_path, _good_doc("conll2003-smollm2-ci"), name="conll2003-smollm2-ci")
+    with pytest.raises(ManifestError) as err:
+        results.load_result("conll2003-smollm2-cj", tmp_path)
+    assert "conll2003-smollm2-ci" in err.value.fix
+
+
+def test_load_by_path(tmp_path):
+    path = _write(tmp_path, _good_doc())
+    assert results.load_result(str(path)).name == "toy"
+    with pytest.raises(ManifestError, match="not found"):
+        results.load_result(str(tmp_path / "missing.yaml"))
+
+
+def _real_metrics() -> dict:
+    """A metrics.json tree from the evaluate stage's own metric code on hand-made sentences."""
+    from llamakit.train import metrics
+
+    labels = ["B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER", "O"]
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG", "O", "B-MISC"]]
+    pred = [["B-PER", "O", "O", "B-LOC"], ["O", "B-ORG", "I-ORG", "O", "B-LOC"]]
+    m = metrics.compute(gold, pred, labels, ["LOC", "MISC", "ORG", "PER"])
+    return {"split": "test", "n_sentences": 2, "n_words": 9, **{k: m[k] for k in ("token", "entity", "headline")}}
+
+
+def test_record_reference_roundtrip(tmp_path):
+    m = _real_metrics()
+    mpath = tmp_path / "metrics.json"
+    mpath.write_text(json.dumps(m))
+    out = tmp_path / "toy-ci.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "llamakit.results", "record", str(mpath), "--name", "toy-ci", "--profile", "ci",
+         "--model", "tiny", "--tolerance", "0.0005", "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    entry = results.load_result_file(out)
+    assert entry.kind == "reference" and entry.profile == "ci"
+    assert entry.tolerance_for("token.O.f1") == 0.0005 and entry.tolerance_for("entity.PER.support") == 0
+    for name, value in entry.flat_metrics().items():
+        assert results.lookup(m, name) == value
+    assert {"token", "entity", "headline"} <= set(entry.metrics)
+    assert entry.recorded["metrics_file"] == str(mpath)

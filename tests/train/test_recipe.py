@@ -1,0 +1,89 @@
+"""Recipe loading: base keys < profile < -S overrides, params.yaml sections, typed errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llamakit.errors import ManifestError, UsageError
+from llamakit.train.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = {"model": "m", "data": "d", "out": "o", "lr": 1e-4, "lora": {"r": 8, "alpha": 16}}
+
+
+def write(tmp_path: Path, doc, name="recipe.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    return p
+
+
+def test_profile_then_overrides_in_order(tmp_path):
+    doc = dict(BASE, profiles={"ci": {"limit_train": 100, "lr": 2e-4, "lora": {"r": 4}}})
+    r = load_recipe(write(tmp_path, doc), profile="ci", overrides=["lr=3e-4", "lora.alpha=8", "bidirectional=false", "lr=5e-5"])
+    assert r.limit_train == 100
+    assert r.lr == 5e-5  # the last -S wins over the profile and over earlier -S
+    assert (r.lora.r, r.lora.alpha) == (4, 8)  # the profile merges into nested keys, not replacing them
+    assert r.bidirectional is False
+
+
+def test_finetune_section_of_params_yaml(tmp_path):
+    doc = {"prepare": {"max_length": 256}, "finetune": dict(BASE, epochs=2)}
+    r = load_recipe(write(tmp_path, doc, "params.yaml"))
+    assert (r.model, r.epochs, r.lr) == ("m", 2, 1e-4)
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path):
+    with pytest.raises(ManifestError) as exc:
+        load_recipe(write(tmp_path, dict(BASE, learnin_rate=1e-3, lrr=1)))
+    assert "unknown key" in exc.value.message
+    with pytest.raises(ManifestError) as exc:
+        load_recipe(write(tmp_path, BASE), overrides=["lora.rr=4"])
+    assert "lora.rr" in exc.value.message and "'r'" in exc.value.fix
+
+
+def test_bad_values_and_missing_keys(tmp_path):
+    with pytest.raises(ManifestError, match="method"):
+        load_recipe(write(tmp_path, dict(BASE, method="qlora")))
+    with pytest.raises(ManifestError, match="missing key 'out'"):
+        load_recipe(write(tmp_path, {"model": "m", "data": "d"}))
+    with pytest.raises(ManifestError, match="lr"):
+        load_recipe(write(tmp_path, BASE), overrides=["lr=-1"])
+
+
+def test_unknown_profile_and_malformed_override(tmp_path):
+    p = write(tmp_path, dict(BASE, profiles={"ci": {}, "full": {}}))
+    with pytest.raises(UsageError, match="ci, full"):
+        load_recipe(p, profile="fast")
+    with pytest.raises(UsageError, match="key=value"):
+        load_recipe(p, overrides=["lr"])
+
+
+def test_bad_yaml_names_the_line_and_missing_file(tmp_path):
+    p = write(tmp_path, "model: m\ndata: [unclosed\nout: o\n")
+    with pytest.raises(ManifestError) as exc:
+        load_recipe(p)
+    assert f"{p}:" in exc.value.path
+    with pytest.raises(ManifestError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(ManifestError, match="mapping"):
+        load_recipe(write(tmp_path, "- a\n- b\n"))
+
+
+def test_fingerprint_tracks_the_trajectory_not_the_bookkeeping(tmp_path):
+    p = write(tmp_path, BASE)
+    base = load_recipe(p).schedule_fingerprint()
+    assert load_recipe(p, overrides=["out=elsewhere", "checkpoint_every=7", "threads=1", "stop_after_steps=3"]).schedule_fingerprint() == base
+    for change in ("lr=2e-4", "seed=1", "max_tokens_per_batch=512", "bidirectional=false", "lora.r=2"):
+        assert load_recipe(p, overrides=[change]).schedule_fingerprint() != base, change
+
+
+def test_canonical_recipe_and_profiles_validate():
+    path = REPO / "manifests" / "recipes" / "conll2003.yaml"
+    ci = load_recipe(path, profile="ci")
+    full = load_recipe(path, profile="full")
+    assert ci.epochs == 1 and ci.limit_train is not None and ci.limit_train <= 1000
+    assert full.limit_train is None and full.bidirectional and full.method == "full"
+    assert load_recipe(path, profile="ci", overrides=["method=lora"]).method == "lora"
