@@ -1,16 +1,23 @@
-"""Training tokens/s: `llamakit finetune`'s loop vs a Hugging Face `Trainer` loop, same everything.
+"""Training tokens/s: `llamakit finetune`'s loop vs Hugging Face `Trainer` loops on the same model.
 
-Both train the same LlamaForTokenClassification (built by llamakit's own `build_model`, bidirectional
-as the recipe says) on the *same batches in the same order* (llamakit's length-bucketed plan, fed to
-Trainer one pre-collated batch per step), with the same thread count, deterministic kernels, fused
-AdamW, warmup + linear schedule and grad clipping. What differs is only the loop. The llamakit side
-runs the real command path (`finetune.train`). Both are timed the same way: a stamp (wall clock,
+All three runs train the same LlamaForTokenClassification (built by llamakit's own `build_model`,
+bidirectional as the recipe says) with the same thread count, deterministic kernels, fused AdamW,
+warmup + linear schedule, grad clipping and number of steps:
+
+  llamakit              the real command path (`finetune.train`) with its length-bucketed batches;
+  trainer_same_batches  Trainer fed llamakit's exact batches in the same order, one pre-collated
+                        batch per step: only the loop differs;
+  trainer_default       Trainer as usually set up for NER: its default random sampler and
+                        `DataCollatorForTokenClassification` padding fixed-size batches of the
+                        same mean number of sentences: the loop *and* the batching differ.
+
+Tokens are real (non-padding) tokens. Every run is timed the same way: a stamp (wall clock,
 process CPU time, tokens) at the end of every optimizer step, rates from the end of step 1 to the
-end of the last step. Runs alternate (llamakit, Trainer, llamakit, ...) so a noisy shared machine
-hits both alike; the ratios of medians are printed, in wall-clock tokens/s and in tokens per
-CPU-second (the latter is less sensitive to other jobs on the machine).
+end of the last step (setup, first-step allocations, load and save excluded). Runs alternate so a
+noisy shared machine hits all alike; the ratios of medians are printed, in wall-clock tokens/s
+and in tokens per CPU-second.
 
-    .venv/bin/python benchmarks/train_bench.py --model /work/smollm2-hf --data work/prepared --steps 12 --repeats 2
+    .venv/bin/python benchmarks/train_bench.py --model work/model-hf --data work/prepared --steps 8 --repeats 3
     .venv/bin/python benchmarks/train_bench.py --tiny            # smoke: tiny random model, synthetic data
 """
 
@@ -139,7 +146,7 @@ def tiny_assets(root: Path):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, default=Path("/work/smollm2-hf"))
+    ap.add_argument("--model", type=Path, default=Path("work/model-hf"))
     ap.add_argument("--data", type=Path, default=Path("work/prepared"))
     ap.add_argument("--tiny", action="store_true", help="tiny random model and synthetic data (smoke test)")
     ap.add_argument("--steps", type=int, default=12)

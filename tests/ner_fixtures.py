@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_llama_config
+from tests.conftest import make_llama_config
 
 LABELS = ["B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER", "O"]
 SLICE_SIZES = {"train": 60, "valid": 25, "test": 40}
