@@ -71,19 +71,24 @@ def get_bytes(url: str, *, config: FetchConfig, label: str, on_denied: Callable[
                 if with_etag:
                     return data, (resp.headers.get("ETag") or "").strip().removeprefix("W/").strip('"') or None
                 return data
-        except urllib.error.HTTPError as exc:
-            err = _classify(exc, label, on_denied)
-            if not isinstance(err, _Retry):
-                raise err from None
-            why, wait = str(err), err.wait
-        except _Retry as exc:
-            why, wait = str(exc), exc.wait
-        except _TRANSIENT as exc:
-            why, wait = f"{type(exc).__name__}: {exc}", None
+        except (urllib.error.HTTPError, _Retry, *_TRANSIENT) as exc:
+            why, wait = _why_retry(exc, label, on_denied)
         attempt += 1
         if attempt > config.retries:
             raise NetworkError(f"{label}: giving up after {attempt} attempts ({why})", fix="check the connection and rerun")
         _sleep(config, attempt, wait)
+
+
+def _why_retry(exc: BaseException, label: str, on_denied) -> tuple[str, float | None]:
+    """(reason, server-requested wait) for a failure worth another attempt; anything else is raised as our typed error."""
+    if isinstance(exc, urllib.error.HTTPError):  # before the transient URLError family it belongs to
+        err = _classify(exc, label, on_denied)
+        if not isinstance(err, _Retry):
+            raise err from None
+        return str(err), err.wait
+    if isinstance(exc, _Retry):
+        return str(exc), exc.wait
+    return f"{type(exc).__name__}: {exc}", None
 
 
 def _classify(exc: urllib.error.HTTPError, label: str, on_denied) -> Exception:
@@ -119,15 +124,8 @@ def download(url: str, part: PartFile, *, config: FetchConfig, label: str,
             raise _Retry(f"connection closed at byte {part.size} of {expected}")
         except Cancelled:
             raise
-        except urllib.error.HTTPError as exc:
-            err = _classify(exc, label, on_denied)
-            if not isinstance(err, _Retry):
-                raise err from None
-            why, wait = str(err), err.wait
-        except _Retry as exc:
-            why, wait = str(exc), exc.wait
-        except _TRANSIENT as exc:
-            why, wait = f"{type(exc).__name__}: {exc}", None
+        except (urllib.error.HTTPError, _Retry, *_TRANSIENT) as exc:
+            why, wait = _why_retry(exc, label, on_denied)
         expected = part.expected_size
         attempt = 0 if part.size > before else attempt + 1
         if attempt > config.retries:
