@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Callable
 
 from llamakit.convert import keymap
 from llamakit.convert.arch import Arch, meta_ffn_dim, validate_params_json
-from llamakit.convert.pth import PthWriter, load_pth, prefetch, release
+from llamakit.convert.output import FileSpan
+from llamakit.convert.pth import PthWriter, file_offsets, load_pth, prefetch, release
 from llamakit.errors import ConversionError, InputFileError
 
 if TYPE_CHECKING:
@@ -156,7 +157,9 @@ class MetaSource:
         self.path = Path(directory)
         files = shard_files(self.path)
         self.params = validate_params_json(self.path / "params.json")
+        self._files = files
         self._shards = [load_pth(f) for f in files]
+        self._offsets: list[dict[str, int] | None] | None = None
         shapes = [{k: (tuple(t.shape), t.dtype) for k, t in s.items()} for s in self._shards]
         self.plan = plan_shards(self.params, shapes, where=self.path)
         self.arch, self.mp = self.plan.arch, self.plan.mp
@@ -178,15 +181,7 @@ class MetaSource:
         import torch
 
         d = self.plan.split_dims[name]
-        pieces = [s[name] for s in self._shards]
-        if d is None:
-            for r, p in enumerate(pieces[1:], 1):
-                if not torch.equal(p, pieces[0]):
-                    raise ConversionError(f"replicated tensor '{name}' differs between consolidated.00 and .{r:02d}",
-                                          path=self.path, fix="the shards come from different checkpoints")
-            for p in pieces[1:]:
-                release(p)
-            pieces = pieces[:1]
+        pieces = self._pieces(name)
         if d is None or d == 0:
             for p in pieces:
                 for a in range(0, p.shape[0], rows):
@@ -202,6 +197,39 @@ class MetaSource:
             yield torch.cat(blocks, dim=1)
             for b in blocks:
                 release(b)
+
+    def _pieces(self, name: str) -> list["torch.Tensor"]:
+        """Each shard's piece of `name`; a replicated tensor's copies must agree, and only shard 0's is kept."""
+        import torch
+
+        pieces = [s[name] for s in self._shards]
+        if self.plan.split_dims[name] is None:
+            for r, p in enumerate(pieces[1:], 1):
+                if not torch.equal(p, pieces[0]):
+                    raise ConversionError(f"replicated tensor '{name}' differs between consolidated.00 and .{r:02d}",
+                                          path=self.path, fix="the shards come from different checkpoints")
+            for p in pieces[1:]:
+                release(p)
+            pieces = pieces[:1]
+        return pieces
+
+    def spans(self, name: str) -> list[FileSpan] | None:
+        """The merged tensor as byte ranges of the shard files, when merging is concatenation.
+
+        True of dim-0 splits (shard 0's rows, then shard 1's, ...) and replicated tensors (shard
+        0's copy), which writers can then move with copy_file_range instead of through memory.
+        None for dim-1 splits, or when the files' layout could not be confirmed."""
+        d = self.plan.split_dims[name]
+        if d not in (None, 0):
+            return None
+        if self._offsets is None:
+            self._offsets = [file_offsets(f, s) for f, s in zip(self._files, self._shards)]
+        if any(o is None for o in self._offsets):
+            return None
+        pieces = self._pieces(name)
+        release(pieces[0])  # the equality check of a replicated tensor touched its pages
+        return [FileSpan(f, offs[name], p.numel() * p.element_size())
+                for f, offs, p in zip(self._files, self._offsets, pieces)]
 
     def shard_weights(self) -> Callable[[int, str], "torch.Tensor"]:
         """(rank, key) -> that shard's tensor in float32, for the reference forward."""

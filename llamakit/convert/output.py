@@ -9,14 +9,54 @@ leftovers of dead runs (restoring an `.old` copy if the kill fell between the re
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from llamakit.errors import DestinationExistsError, UsageError
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """`nbytes` bytes of `path` from `offset`: tensor data a writer can copy file to file."""
+
+    path: Path
+    offset: int
+    nbytes: int
+
+
+def write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def copy_span(span: FileSpan, fd: int) -> None:
+    """Append `span` to the file open at `fd`: copy_file_range, so the bytes never pass through user
+    space; filesystems or kernels that refuse it (EXDEV, EOPNOTSUPP, ...) get pread/write."""
+    with open(span.path, "rb", buffering=0) as src:
+        done = 0
+        if hasattr(os, "copy_file_range"):
+            try:
+                while done < span.nbytes:
+                    n = os.copy_file_range(src.fileno(), fd, span.nbytes - done, span.offset + done)
+                    if n == 0:
+                        raise OSError(errno.EIO, f"{span.path} ended before byte {span.offset + span.nbytes}")
+                    done += n
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EPERM):
+                    raise
+        while done < span.nbytes:
+            chunk = os.pread(src.fileno(), min(16 << 20, span.nbytes - done), span.offset + done)
+            if not chunk:
+                raise OSError(errno.EIO, f"{span.path} ended before byte {span.offset + span.nbytes}")
+            write_all(fd, chunk)
+            done += len(chunk)
 
 
 def _alive(pid: int) -> bool:
