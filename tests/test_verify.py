@@ -139,6 +139,15 @@ def test_cli_exit_codes_and_names(tmp_path):
     assert p.returncode == 2
 
 
+def test_json_verdict_is_the_same_on_every_run(tmp_path):
+    # The pipeline's verify.json is a DVC output that convert depends on: a rerun over the same bytes
+    # must not change it (a wall time in it would rerun convert every time).
+    make_release(tmp_path / "r")
+    runs = [llamakit("verify", str(tmp_path / "r"), "--json") for _ in range(2)]
+    assert all(p.returncode == 0 for p in runs), runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout and json.loads(runs[0].stdout)["bytes_hashed"] > 0
+
+
 def test_parallel_hashing_matches_hashlib(tmp_path):
     rng = random.Random(5)
     paths = []
