@@ -173,11 +173,13 @@ class MetricFailure:
     reported: float
     reproduced: float
     tolerance: float
+    at_least: bool = False  # one-sided tolerance: reproduced >= reported - tolerance
 
 
 class ReproductionFailed(CheckFailed):
     def __init__(self, failures: list[MetricFailure], *, path: str | Path | None = None):
-        names = ", ".join(f"{f.name} {f.reproduced:.4f} vs {f.reported:.4f}±{f.tolerance:g}" for f in failures[:6])
+        names = ", ".join(f"{f.name} {f.reproduced:.4f} vs {f.reported:.4f}{'−' if f.at_least else '±'}{f.tolerance:g}"
+                          for f in failures[:6])
         super().__init__(
             f"{len(failures)} metric(s) outside tolerance: {names}",
             path=path,

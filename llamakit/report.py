@@ -38,13 +38,19 @@ class MetricRow:
     reported: float
     reproduced: Optional[float]
     tolerance: float
+    at_least: bool = False  # one-sided: only falling short by more than the tolerance fails
     delta: Optional[float] = None
     passed: bool = False
 
     def __post_init__(self) -> None:
         if self.reproduced is not None:
             self.delta = self.reproduced - self.reported
-            self.passed = abs(self.delta) <= self.tolerance + _EPS
+            worst = -self.delta if self.at_least else abs(self.delta)
+            self.passed = worst <= self.tolerance + _EPS
+
+    @property
+    def tolerance_label(self) -> str:
+        return f"≥ −{self.tolerance:g}" if self.at_least else f"±{self.tolerance:g}"
 
 
 @dataclass
@@ -69,7 +75,8 @@ class Report:
     def raise_for_failures(self) -> None:
         if self.failures:
             raise ReproductionFailed(
-                [MetricFailure(r.name, r.reported, r.reproduced if r.reproduced is not None else math.nan, r.tolerance)
+                [MetricFailure(r.name, r.reported, r.reproduced if r.reproduced is not None else math.nan, r.tolerance,
+                               r.at_least)
                  for r in self.failures],
                 path=self.out_dir / "report.json",
             )
@@ -109,7 +116,7 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def compare(metrics: dict, entry: results.ResultEntry) -> list[MetricRow]:
-    return [MetricRow(name, reported, results.lookup(metrics, name), entry.tolerance_for(name))
+    return [MetricRow(name, reported, results.lookup(metrics, name), entry.tolerance_for(name), entry.at_least(name))
             for name, reported in entry.flat_metrics().items()]
 
 
@@ -349,7 +356,7 @@ def summary(rep: Report):
         table.add_column(col, justify=just)
     for r in shown:
         mark = Text("pass", style="green") if r.passed else Text("FAIL", style="bold red")
-        table.add_row(r.name, fmt(r.reported), fmt(r.reproduced), fmt_delta(r), f"±{r.tolerance:g}", mark)
+        table.add_row(r.name, fmt(r.reported), fmt(r.reproduced), fmt_delta(r), r.tolerance_label, mark)
     n, nf = len(rep.rows), len(rep.failures)
     verdict = (Text(f"REPRODUCED — all {n} metrics within tolerance", style="bold green") if rep.passed
                else Text(f"NOT REPRODUCED — {nf} of {n} metrics outside tolerance", style="bold red"))

@@ -83,8 +83,11 @@ def markdown(rep: "Report") -> str:
     from llamakit.report import fmt_delta
 
     for r in rep.rows:
-        out.append(f"| `{r.name}` | {_f(r.reported)} | {_f(r.reproduced)} | {fmt_delta(r)} | ±{r.tolerance:g} | "
+        out.append(f"| `{r.name}` | {_f(r.reported)} | {_f(r.reproduced)} | {fmt_delta(r)} | {r.tolerance_label} | "
                    f"{'pass' if r.passed else '**FAIL**'} |")
+    if any(r.at_least for r in rep.rows):
+        out += ["", "`≥ −t`: one-sided — the reproduction may fall short of the reported value by at most t; "
+                "exceeding it passes. `±t`: either way."]
     out += ["", "## Provenance", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v.replace('|', '/')} |" for k, v in _prov_rows(rep)]
     out += ["", f"Packages: {_package_line(rep)}", ""]
@@ -213,7 +216,7 @@ def html(rep: "Report") -> str:
     from llamakit.report import fmt_delta
 
     e = rep.result
-    metric_rows = [[f"<code>{escape(r.name)}</code>", _f(r.reported), _f(r.reproduced), fmt_delta(r), f"±{r.tolerance:g}",
+    metric_rows = [[f"<code>{escape(r.name)}</code>", _f(r.reported), _f(r.reproduced), fmt_delta(r), r.tolerance_label,
                     '<span class="pass">pass</span>' if r.passed else '<span class="fail">FAIL</span>'] for r in rep.rows]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

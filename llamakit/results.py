@@ -45,13 +45,16 @@ class DatasetRef(BaseModel):
 
 class Tolerance(BaseModel):
     """Absolute tolerance: a metric passes when |reproduced - reported| <= its tolerance.
-    Most specific wins: `metrics` (full dotted name) > `stats` (last path part, e.g. support) > `default`."""
+    Most specific wins: `metrics` (full dotted name) > `stats` (last path part, e.g. support) > `default`.
+    Metrics named in `at_least` (dotted names, or stats such as f1) are one-sided: they pass when
+    reproduced >= reported - tolerance, since beating a reported score is not a failure to reproduce it."""
 
     model_config = ConfigDict(extra="forbid")
 
     default: float = Field(ge=0)
     stats: dict[str, float] = {}
     metrics: dict[str, float] = {}
+    at_least: list[str] = []
 
     @field_validator("stats", "metrics")
     @classmethod
@@ -95,6 +98,9 @@ class ResultEntry(BaseModel):
         unknown = sorted(k for k in self.tolerance.stats if k not in stats)
         if unknown:
             raise ValueError(f"tolerance.stats names stats no metric has: {', '.join(unknown)}")
+        unknown = sorted(k for k in self.tolerance.at_least if k not in flat and k not in stats)
+        if unknown:
+            raise ValueError(f"tolerance.at_least names neither a metric nor a stat: {', '.join(unknown)}")
         if self.kind == "reference" and not self.profile:
             raise ValueError("profile: a `reference` entry records a pipeline profile (e.g. ci)")
         return self
@@ -109,6 +115,9 @@ class ResultEntry(BaseModel):
         if stat in self.tolerance.stats:
             return float(self.tolerance.stats[stat])
         return float(self.tolerance.default)
+
+    def at_least(self, metric: str) -> bool:
+        return metric in self.tolerance.at_least or metric.rsplit(".", 1)[-1] in self.tolerance.at_least
 
     def definition_for(self, metric: str) -> str:
         parts = metric.split(".")

@@ -53,15 +53,18 @@ def test_seed_entry_is_the_seed_table_verbatim():
     entry = results.load_result("conll2003-smollm2-full", REGISTRY)
     assert entry.kind == "reported" and entry.dataset.split == "test" and entry.dataset.n_words == 46435
     assert entry.metrics["token"] == _parse_table(SEED_TABLE)
-    assert len(entry.flat_metrics()) == 12 * 4
+    assert len(entry.flat_metrics()) == 12 * 4 + 1  # + issue 7's entity-level floor
+    assert entry.metrics["entity"] == {"micro avg": {"f1": 0.9}}
     assert list(entry.metrics["token"])[:3] == ["B-LOC", "I-LOC", "B-MISC"]  # the seed's row order
 
 
 def test_tolerance_most_specific_wins():
     entry = results.load_result("conll2003-smollm2-full", REGISTRY)
-    assert entry.tolerance_for("token.micro avg.f1") == 0.005  # per metric
+    assert entry.tolerance_for("token.micro avg.precision") == 0.005  # per metric
     assert entry.tolerance_for("token.B-LOC.support") == 0.0  # per stat
     assert entry.tolerance_for("token.B-LOC.f1") == entry.tolerance.default
+    assert entry.at_least("token.B-LOC.f1") and entry.at_least("entity.micro avg.f1")
+    assert not entry.at_least("token.B-LOC.support")  # supports must match both ways
 
 
 def test_definitions_cover_metrics():
@@ -121,6 +124,7 @@ MALFORMED = {
     "undefined family": (_mutate(lambda d: d["metrics"].update(entity={"LOC": {"f1": 0.5}})), "entity"),
     "tolerance for unknown metric": (_mutate(lambda d: d["tolerance"].update(metrics={"token.X.f1": 0.1})), "token.X.f1"),
     "tolerance for unknown stat": (_mutate(lambda d: d["tolerance"].update(stats={"recall": 0.1})), "recall"),
+    "at_least of unknown name": (_mutate(lambda d: d["tolerance"].update(at_least=["recal"])), "recal"),
     "reference without profile": (_mutate(lambda d: d.update(kind="reference")), "profile"),
     "dotted key": (_mutate(lambda d: d["metrics"]["token"].update({"a.b": {"f1": 0.1}})), "a.b"),
     "wrong schema version": (_mutate(lambda d: d.update(schema_version=2)), "schema_version"),
