@@ -1,7 +1,8 @@
 """Hold reproduced metrics against a registry entry and say, metric by metric, whether they match.
 
 `build_report` reads `metrics.json` (from `llamakit evaluate`) and a `manifests/results/` entry,
-compares every metric the entry lists (|reproduced - reported| <= tolerance), gathers provenance
+compares every metric the entry lists (|reproduced - reported| <= tolerance, or for the entry's
+`at_least` metrics reproduced >= reported - tolerance), gathers provenance
 (git, dvc.lock, the release lock, packages, machine, seeds, threads, per-stage wall time) and
 writes, each atomically, into OUT:
 
