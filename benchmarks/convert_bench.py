@@ -16,7 +16,10 @@ first drops the input shards (only them, posix_fadvise DONTNEED) from the page c
 Each command runs in its own child process; wall time is measured around it (interpreter
 start and imports included) and peak RSS is the child's ru_maxrss (which counts touched
 pages of mmap'd files too). Outputs of llamakit and transformers are compared tensor by
-tensor at the end.
+tensor at the end. Every run starts after os.sync(), so none pays for the writeback of the
+previous one's output; llamakit fsyncs its own output before the rename (its atomic commit),
+transformers does not. llamakit --no-check and transformers run --runs times, interleaved; the
+ratio is of the median walls.
 
     .venv/bin/python benchmarks/convert_bench.py --work /work/scratch/convert-bench \\
         --tf-python /work/scratch/venv-tf446/bin/python
@@ -84,6 +87,7 @@ def measure(cmd: list[str], *, env=None) -> dict:
     """Wall seconds and the child's peak RSS (MiB), via a one-child wrapper so ru_maxrss is this run's alone."""
     wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); rc = subprocess.call(sys.argv[1:]); "
                "w = time.perf_counter() - t; print(rc, w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    os.sync()  # no run inherits the previous one's dirty pages still being written back
     load = os.getloadavg()[0]
     out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env)
     *child, last = out.stdout.strip().splitlines()
@@ -145,6 +149,7 @@ def main() -> None:
     ap.add_argument("--tf-python", default="/work/scratch/venv-tf446/bin/python")
     ap.add_argument("--layers", type=int, default=5, help="layers of the big checkpoint (5 ≈ 2.1 GB)")
     ap.add_argument("--small-layers", type=int, default=2, help="layers of the small one, for the flat-RSS line")
+    ap.add_argument("--runs", type=int, default=3, help="interleaved llamakit/transformers pairs; the wall ratio is of medians")
     args = ap.parse_args()
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
@@ -171,7 +176,6 @@ def main() -> None:
     fresh(w / "out-cp").mkdir()
     r["cp+fsync"] = measure(["sh", "-c", f'cp "$@" {w / "out-cp"} && {sys.executable} -c "{fsync}" {w / "out-cp"}/*', "sh",
                              *shards])
-    r["llamakit --no-check"] = measure([*llamakit, str(big), str(fresh(w / "out-lk")), "--no-check", "--json"], env=env)
     r["llamakit (check on)"] = measure([*llamakit, str(big), str(fresh(w / "out-lk-check")), "--json"], env=env)
     r["llamakit small --no-check"] = measure([*llamakit, str(small), str(fresh(w / "out-lk-small")), "--no-check", "--json"],
                                              env=env)
@@ -182,9 +186,16 @@ def main() -> None:
     r["llamakit --no-check, cold cache"] = measure([*llamakit, str(big), str(fresh(w / "out-lk-cold")), "--no-check",
                                                     "--json"], env=env)
     warm(shards)
-    r["transformers 4.46.3"] = measure(
-        [args.tf_python, "-m", "transformers.models.llama.convert_llama_weights_to_hf", "--input_dir", str(big),
-         "--output_dir", str(fresh(w / "out-tf")), "--num_shards", "2", "--llama_version", "2"], env=env)
+    pairs = []
+    for _ in range(args.runs):  # interleaved, so drift in the machine's load hits both sides alike
+        lk_run = measure([*llamakit, str(big), str(fresh(w / "out-lk")), "--no-check", "--json"], env=env)
+        tf_run = measure(
+            [args.tf_python, "-m", "transformers.models.llama.convert_llama_weights_to_hf", "--input_dir", str(big),
+             "--output_dir", str(fresh(w / "out-tf")), "--num_shards", "2", "--llama_version", "2"], env=env)
+        pairs.append((lk_run, tf_run))
+    median = lambda runs: sorted(runs, key=lambda x: x["wall_s"])[len(runs) // 2]  # noqa: E731
+    r["llamakit --no-check"] = median([p[0] for p in pairs])
+    r["transformers 4.46.3"] = median([p[1] for p in pairs])
     identical = same_tensors(w / "out-lk", w / "out-tf")
 
     lk, tf, cp = r["llamakit --no-check"], r["transformers 4.46.3"], r["cp"]
@@ -193,6 +204,7 @@ def main() -> None:
         "checkpoint_gb": {"big": round(gb, 3), "small": round(sizes["small"] / 1e9, 3)},
         "largest_tensor_mb": round(largest / 2**20, 1),
         "runs": r,
+        "pairs_wall_s (llamakit --no-check, transformers)": [(a["wall_s"], b["wall_s"]) for a, b in pairs],
         "wall_ratio_llamakit_vs_transformers": round(lk["wall_s"] / tf["wall_s"], 3),
         "peak_rss_ratio_llamakit_vs_transformers": round(lk["peak_rss_mb"] / tf["peak_rss_mb"], 3),
         "rss_bound_mb (2x largest + 300)": round(2 * largest / 2**20 + 300, 1),

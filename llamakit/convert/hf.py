@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from llamakit.convert import keymap
 from llamakit.convert.arch import Arch
 from llamakit.convert.meta import Entry, expected_shapes, part_rows
-from llamakit.convert.output import FileSpan, copy_span, write_all
+from llamakit.convert.output import FileSpan, copy_span, start_writeback, write_all
 from llamakit.convert.pth import tensor_bytes
 from llamakit.errors import ConversionError, InputFileError, UsageError
 
@@ -165,6 +165,7 @@ def write_safetensors(path: Path, specs: list[tuple[str, tuple[int, ...], "torch
                 data = tensor_bytes(part)
                 write_all(fd, data)
                 want -= data.nbytes
+            start_writeback(fd)  # overlaps the disk writes with the next tensor's copy
             if want:
                 raise AssertionError(f"{path.name}: {name} is {want} bytes short of its planned shape {shape}")
 
