@@ -208,11 +208,12 @@ def evaluate_cmd(
     data: Path = typer.Option(..., "--data", help="Prepared data directory."),
     out: Path = typer.Option(..., "--out", help="Output directory (metrics.json, predictions.txt)."),
     split: str = typer.Option("test", "--split", help="Which prepared split."),
+    decode: str = typer.Option("argmax", "--decode", help="argmax (per word) | viterbi (best valid IOB2 sequence)."),
 ) -> None:
     """Word-level predictions, the token-level report, seqeval entity scores and a confusion matrix."""
     from llamakit.train import evaluate
 
-    result = evaluate.run(model, data, out, split=split)
+    result = evaluate.run(model, data, out, split=split, decode=decode)
     _console().print(result.report_text, markup=False, soft_wrap=True)
     _console().print(result.summary_line(), markup=False, soft_wrap=True)
 

@@ -1,7 +1,8 @@
 """Word-level evaluation of a token classifier on a prepared split.
 
-One prediction per word: the argmax of the logits at the word's first sub-token (the positions
-prepare labelled; every other position is -100 and ignored). Sentences are batched by length
+One prediction per word, from the logits at the word's first sub-token (the positions prepare
+labelled; every other position is -100 and ignored): their argmax, or with `decode="viterbi"` the
+best valid IOB2 sequence of the sentence (llamakit/train/decode.py). Sentences are batched by length
 (sorted, padded on the right with an attention mask) and the predictions put back in file order.
 Outputs, published atomically: metrics.json, predictions.txt (tags only, a blank line ends each
 sentence), confusion.json (rows = gold, cols = predicted) and confusion.csv (actual,predicted per
@@ -47,6 +48,7 @@ def run(
     split: str = "test",
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     device: str = "auto",
+    decode: str = "argmax",
     show_progress: bool = True,
 ) -> EvalResult:
     """Evaluate `model_dir` on `split` of the prepared `data_dir`; publish the outputs in `out_dir`.
@@ -55,6 +57,11 @@ def run(
     """
     import torch
 
+    from llamakit.errors import UsageError
+    from llamakit.train.decode import DECODERS
+
+    if decode not in DECODERS:
+        raise UsageError(f"unknown decoder {decode!r}", fix=f"use one of {', '.join(DECODERS)}")
     from llamakit.data import conll
     from llamakit.data.align import tokenizer_identity
     from llamakit.data.atomic import atomic_dir, sha256_file
@@ -83,7 +90,7 @@ def run(
 
     with _progress(show_progress) as progress:
         task = progress.add_task(f"evaluating {split}", total=sum(r["n_words"] for r in records))
-        pred_ids = predict(model, records, pad_id=pad_id, batch_tokens=batch_tokens,
+        pred_ids = predict(model, records, pad_id=pad_id, batch_tokens=batch_tokens, decode=decode,
                            on_batch=lambda n: progress.advance(task, n))
     pred_ids = [[to_prepared[i] for i in p] for p in pred_ids]
 
@@ -108,6 +115,7 @@ def run(
             "device": device,
             "dtype": "float32",
             "entity_mode": "seqeval strict IOB2",
+            "decoding": "per-word argmax" if decode == "argmax" else "viterbi (valid IOB2 sequences only)",
             "versions": _versions(),
             # no timings here: two identical runs must write byte-identical metrics.json
         },
@@ -127,9 +135,17 @@ def run(
     return EvalResult(out_dir, split, len(records), n_words, m["headline"], wall, metrics.format_report(m["token"]))
 
 
-def predict(model, records: list[dict], *, pad_id: int, batch_tokens: int = DEFAULT_BATCH_TOKENS, on_batch=None) -> list[list[int]]:
+def predict(model, records: list[dict], *, pad_id: int, batch_tokens: int = DEFAULT_BATCH_TOKENS, decode: str = "argmax",
+            on_batch=None) -> list[list[int]]:
     """Model label ids, one per word (the labelled positions of each record), in record order."""
     import torch
+
+    from llamakit.train import decode as decoding
+
+    if decode == "viterbi":
+        id2label = {int(k): v for k, v in model.config.id2label.items()}
+        names = [id2label[i] for i in range(len(id2label))]
+        start_ok, follows_ok = decoding.iob2_constraints(names)
 
     order = sorted(range(len(records)), key=lambda i: len(records[i]["input_ids"]), reverse=True)
     out: list[list[int] | None] = [None] * len(records)
@@ -143,12 +159,15 @@ def predict(model, records: list[dict], *, pad_id: int, batch_tokens: int = DEFA
                 seq = records[i]["input_ids"]
                 ids[row, : len(seq)] = torch.tensor(seq)
                 mask[row, : len(seq)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            best = logits.argmax(dim=-1).cpu()
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
             for row, i in enumerate(batch):
                 labels = records[i]["labels"]
                 pos = [j for j, x in enumerate(labels) if x != -100]
-                out[i] = best[row, pos].tolist()
+                if decode == "viterbi":
+                    logprobs = torch.log_softmax(logits[row, pos], dim=-1).numpy()
+                    out[i] = decoding.viterbi(logprobs, start_ok, follows_ok)
+                else:
+                    out[i] = logits[row, pos].argmax(dim=-1).tolist()
             if on_batch is not None:
                 on_batch(sum(records[i]["n_words"] for i in batch))
     return out  # type: ignore[return-value]
