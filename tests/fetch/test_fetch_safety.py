@@ -134,15 +134,17 @@ def test_kill_mid_download_resumes_within_one_chunk(manifests, meta_server, fast
 
 
 def test_interrupt_keeps_the_part_and_says_so(manifests, meta_server, fast_env, tmp_path):
-    files = meta_files(5, shard_kb=(600, 601))
+    # ~4 s of transfer per shard (16 KiB per 0.05 s), so the interrupt lands mid-file even on a loaded machine
+    files = meta_files(5, shard_kb=(1200, 1201))
     meta_server.add("r", MetaRelease(files))
-    meta_server.delay_per_send = 0.01
+    meta_server.delay_per_send = 0.05
     out = tmp_path / "o"
     p = cli_popen(["fetch", "tiny-llama", "--meta-url", meta_server.url("r"), "--out", str(out), "--workers", "1"])
     parts = out / ".llamakit" / "parts"
     deadline = time.time() + 60
     while time.time() < deadline and not (parts.exists() and any(_size(f) > 64_000 for f in parts.glob("*.part"))):
         time.sleep(0.01)
+    assert p.poll() is None, "the fetch ended before it could be interrupted"
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
