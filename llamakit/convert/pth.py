@@ -61,7 +61,7 @@ def load_pth(path: Path) -> dict[str, "torch.Tensor"]:
 def file_offsets(path: Path, tensors: dict[str, "torch.Tensor"]) -> dict[str, int] | None:
     """Where each contiguous tensor's bytes start in the checkpoint file `tensors` was `load_pth`ed from.
 
-    torch.load(mmap=True) maps the whole file once and views each stored record from that
+    torch's mmap'd weights-only load maps the whole file once and views each stored record from that
     mapping, so a tensor's address minus the mapping's start is its file offset. The start is
     found from the lowest record and every tensor is then checked against the zip's records
     and a sample of its bytes; anything unexpected answers None (callers then copy the slow way)."""
