@@ -139,7 +139,10 @@ def test_interrupt_keeps_the_part_and_says_so(manifests, meta_server, fast_env, 
     meta_server.add("r", MetaRelease(files))
     meta_server.delay_per_send = 0.05
     out = tmp_path / "o"
-    p = cli_popen(["fetch", "tiny-llama", "--meta-url", meta_server.url("r"), "--out", str(out), "--workers", "1"])
+    # A shell's background jobs (`cmd &`, as CI runners and nohup start them) inherit SIGINT ignored, and Python
+    # then keeps ignoring it; give the child the terminal's default, as a user's Ctrl-C would find it.
+    p = cli_popen(["fetch", "tiny-llama", "--meta-url", meta_server.url("r"), "--out", str(out), "--workers", "1"],
+                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     parts = out / ".llamakit" / "parts"
     deadline = time.time() + 60
     while time.time() < deadline and not (parts.exists() and any(_size(f) > 64_000 for f in parts.glob("*.part"))):
