@@ -209,11 +209,14 @@ def evaluate_cmd(
     out: Path = typer.Option(..., "--out", help="Output directory (metrics.json, predictions.txt)."),
     split: str = typer.Option("test", "--split", help="Which prepared split."),
     decode: str = typer.Option("argmax", "--decode", help="argmax (per word) | viterbi (best valid IOB2 sequence)."),
+    pack_documents: Optional[int] = typer.Option(
+        None, "--pack-documents", min=0, help="Sub-tokens per row of packed document context (0: one sentence per row). Default: as fine-tuned."
+    ),
 ) -> None:
     """Word-level predictions, the token-level report, seqeval entity scores and a confusion matrix."""
     from llamakit.train import evaluate
 
-    result = evaluate.run(model, data, out, split=split, decode=decode)
+    result = evaluate.run(model, data, out, split=split, decode=decode, pack_documents=pack_documents)
     _console().print(result.report_text, markup=False, soft_wrap=True)
     _console().print(result.summary_line(), markup=False, soft_wrap=True)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llamakit.errors import InputFileError
@@ -28,6 +28,7 @@ class Split:
     sha256: str
     input_ids: list[list[int]]
     labels: list[list[int]]
+    docs: list[int] = field(default_factory=list)  # each row's document (its first sentence's)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -63,6 +64,7 @@ def read_split(data_dir: str | Path, split: str, *, n_labels: int, vocab_size: i
     digest = hashlib.sha256()
     ids_all: list[list[int]] = []
     labels_all: list[list[int]] = []
+    docs_all: list[int] = []
     fix = "the prepared data is damaged or from another tool; re-run `llamakit prepare`"
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -91,9 +93,22 @@ def read_split(data_dir: str | Path, split: str, *, n_labels: int, vocab_size: i
                 )
             ids_all.append(ids)
             labels_all.append(labs)
+            doc = rec.get("doc")
+            docs_all.append(doc if type(doc) is int else -lineno)  # no document id: a document of its own
     if not ids_all:
         raise InputFileError(f"{split}.jsonl has no sentences", path=path, fix="re-run `llamakit prepare`")
-    return Split(split, path, digest.hexdigest(), ids_all, labels_all)
+    return Split(split, path, digest.hexdigest(), ids_all, labels_all, docs_all)
+
+
+def pack_split(split: Split, *, budget: int, bos_id: int | None) -> Split:
+    """`split` with runs of each document's sentences packed into rows (llamakit/train/packing.py)."""
+    from llamakit.train import packing
+
+    if budget <= 0:
+        return split
+    rows = packing.plan_rows(split.docs, split.input_ids, budget=budget, bos_id=bos_id)
+    joined = [packing.join(m, split.input_ids, split.labels, bos_id=bos_id) for m in rows]
+    return Split(split.name, split.path, split.sha256, [j[0] for j in joined], [j[1] for j in joined], [split.docs[m[0]] for m in rows])
 
 
 def epoch_batches(lengths: list[int], *, seed: int, epoch: int, max_tokens: int, max_sentences: int, sort_window: int) -> list[list[int]]:

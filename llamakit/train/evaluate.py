@@ -49,11 +49,14 @@ def run(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     device: str = "auto",
     decode: str = "argmax",
+    pack_documents: int | None = None,
     show_progress: bool = True,
 ) -> EvalResult:
     """Evaluate `model_dir` on `split` of the prepared `data_dir`; publish the outputs in `out_dir`.
 
     device "auto" is CUDA when available, else CPU; the model runs in fp32 either way.
+    `pack_documents` None packs sentences into rows as the model was fine-tuned (its config.json's
+    `llamakit_pack_documents`, 0 when absent).
     """
     import torch
 
@@ -87,10 +90,13 @@ def run(
     to_prepared = _label_map(model, labels, model_dir)
     pad_id = manifest["tokenizer"].get("pad_token_id")
     pad_id = pad_id if pad_id is not None else 0  # padded positions are masked out; any valid id works
+    if pack_documents is None:
+        pack_documents = int(getattr(model.config, "llamakit_pack_documents", 0) or 0)
 
     with _progress(show_progress) as progress:
         task = progress.add_task(f"evaluating {split}", total=sum(r["n_words"] for r in records))
         pred_ids = predict(model, records, pad_id=pad_id, batch_tokens=batch_tokens, decode=decode,
+                           pack_documents=pack_documents, bos_id=manifest["tokenizer"].get("bos_token_id"),
                            on_batch=lambda n: progress.advance(task, n))
     pred_ids = [[to_prepared[i] for i in p] for p in pred_ids]
 
@@ -116,6 +122,7 @@ def run(
             "dtype": "float32",
             "entity_mode": "seqeval strict IOB2",
             "decoding": "per-word argmax" if decode == "argmax" else "viterbi (valid IOB2 sequences only)",
+            "context": f"document runs packed into rows of <= {pack_documents} sub-tokens" if pack_documents else "one sentence per row",
             "versions": _versions(),
             # no timings here: two identical runs must write byte-identical metrics.json
         },
@@ -136,48 +143,62 @@ def run(
 
 
 def predict(model, records: list[dict], *, pad_id: int, batch_tokens: int = DEFAULT_BATCH_TOKENS, decode: str = "argmax",
-            on_batch=None) -> list[list[int]]:
-    """Model label ids, one per word (the labelled positions of each record), in record order."""
+            pack_documents: int = 0, bos_id: int | None = None, on_batch=None) -> list[list[int]]:
+    """Model label ids, one per word (the labelled positions of each record), in record order.
+
+    With `pack_documents` > 0 the model sees rows of consecutive same-document sentences, as it
+    was trained (llamakit/train/packing.py); each sentence's words are still decoded on their own.
+    """
     import torch
 
     from llamakit.train import decode as decoding
+    from llamakit.train import packing
 
     if decode == "viterbi":
         id2label = {int(k): v for k, v in model.config.id2label.items()}
         names = [id2label[i] for i in range(len(id2label))]
         start_ok, follows_ok = decoding.iob2_constraints(names)
 
-    order = sorted(range(len(records)), key=lambda i: len(records[i]["input_ids"]), reverse=True)
+    ids_in = [r["input_ids"] for r in records]
+    labels_in = [r["labels"] for r in records]
+    docs = [r["doc"] if type(r.get("doc")) is int else -1 - k for k, r in enumerate(records)]
+    rows = packing.plan_rows(docs, ids_in, budget=pack_documents, bos_id=bos_id)
+    joined = [packing.join(m, ids_in, labels_in, bos_id=bos_id) for m in rows]
+    lengths = [len(ids) for ids, _ in joined]
+    order = sorted(range(len(rows)), key=lambda k: lengths[k], reverse=True)
     out: list[list[int] | None] = [None] * len(records)
     device = next(model.parameters()).device
     with torch.inference_mode():
-        for batch in _batches(order, records, batch_tokens):
-            width = len(records[batch[0]]["input_ids"])  # longest first: sorted descending
+        for batch in _batches(order, lengths, batch_tokens):
+            width = lengths[batch[0]]  # longest first: sorted descending
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                seq = records[i]["input_ids"]
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
+            for row, k in enumerate(batch):
+                ids[row, : lengths[k]] = torch.tensor(joined[k][0])
+                mask[row, : lengths[k]] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-            for row, i in enumerate(batch):
-                labels = records[i]["labels"]
-                pos = [j for j, x in enumerate(labels) if x != -100]
-                if decode == "viterbi":
-                    logprobs = torch.log_softmax(logits[row, pos], dim=-1).numpy()
-                    out[i] = decoding.viterbi(logprobs, start_ok, follows_ok)
-                else:
-                    out[i] = logits[row, pos].argmax(dim=-1).tolist()
+            for row, k in enumerate(batch):
+                pos = [j for j, x in enumerate(joined[k][1]) if x != -100]
+                scores = logits[row, pos]
+                first = 0
+                for i in rows[k]:
+                    n = records[i]["n_words"]
+                    words = scores[first : first + n]
+                    first += n
+                    if decode == "viterbi":
+                        out[i] = decoding.viterbi(torch.log_softmax(words, dim=-1).numpy(), start_ok, follows_ok)
+                    else:
+                        out[i] = words.argmax(dim=-1).tolist()
             if on_batch is not None:
-                on_batch(sum(records[i]["n_words"] for i in batch))
+                on_batch(sum(records[i]["n_words"] for k in batch for i in rows[k]))
     return out  # type: ignore[return-value]
 
 
-def _batches(order: list[int], records: list[dict], batch_tokens: int):
+def _batches(order: list[int], lengths: list[int], batch_tokens: int):
     batch: list[int] = []
     width = 0
     for i in order:
-        n = len(records[i]["input_ids"])
+        n = lengths[i]
         if batch and max(width, n) * (len(batch) + 1) > batch_tokens:
             yield batch
             batch, width = [], 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from llamakit.train import checkpoint as ckpt
 from llamakit.train.components import Determinism, build_model, build_optimizer, check_model_dir, init_distributed, pick_device, unwrap
-from llamakit.train.data import IGNORE, Split, check_manifest, collate, epoch_batches, eval_batches, read_labels, read_split
+from llamakit.train.data import IGNORE, Split, check_manifest, collate, epoch_batches, eval_batches, pack_split, read_labels, read_split
 from llamakit.train.outputs import export_model, summarize, write_json_atomic
 from llamakit.train.recipe import Recipe, load_recipe
 
@@ -82,7 +82,11 @@ def train(recipe: Recipe, *, provenance: dict | None = None, on_step=None) -> Fi
     if recipe.eval_sentences:
         dev_split = read_split(recipe.data, "valid", n_labels=len(labels), vocab_size=model_cfg.get("vocab_size"), limit=recipe.eval_sentences)
 
-    check_manifest(recipe.data, [s for s in (train_split, dev_split) if s is not None], model_dir)
+    manifest = check_manifest(recipe.data, [s for s in (train_split, dev_split) if s is not None], model_dir)
+    bos_id = (manifest.get("tokenizer") or {}).get("bos_token_id")
+    train_split = pack_split(train_split, budget=recipe.pack_documents, bos_id=bos_id)
+    if dev_split is not None:
+        dev_split = pack_split(dev_split, budget=recipe.pack_documents, bos_id=bos_id)
     plans = plan_epochs(recipe, train_split.lengths)
     total_steps = sum(len(p) for p in plans)
     if recipe.max_steps is not None:

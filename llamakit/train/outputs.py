@@ -40,6 +40,7 @@ def export_model(recipe: Recipe, model, model_dir: Path, out: Path) -> None:
 
         model = copy.deepcopy(model).merge_and_unload()
     set_bidirectional(model, recipe.bidirectional)
+    model.config.llamakit_pack_documents = recipe.pack_documents  # evaluate packs the same way
     with quiet_transformers():
         model.save_pretrained(tmp)
     for name in TOKENIZER_FILES:

@@ -61,6 +61,9 @@ class Recipe(BaseModel):
     max_tokens_per_batch: int = Field(2048, ge=1)
     max_sentences_per_batch: int = Field(64, ge=1)
     sort_window: int = Field(2048, ge=1)
+    # document context: pack consecutive sentences of a document into rows of up to this many
+    # sub-tokens, every word still labelled once (llamakit/train/packing.py); 0 = one sentence per row
+    pack_documents: int = Field(0, ge=0)
     # reproducibility and machine
     seed: int = 0
     threads: int = Field(2, ge=1)

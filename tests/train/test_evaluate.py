@@ -116,6 +116,46 @@ def test_bidirectional_checkpoint_and_label_order(tiny_tokenizer, prepared_slice
     assert (tmp_path / "out_perm" / "predictions.txt").read_text() == (tmp_path / "out_bi" / "predictions.txt").read_text()
 
 
+def test_packed_document_context_keeps_each_sentence_its_own(tiny_classifier, prepared_slice):
+    """Under causal attention the first sentence of a packed row sees exactly what it sees alone, so its
+    predictions cannot change; the later ones see their document's earlier sentences, and somewhere do."""
+    from llamakit.train import packing
+    from llamakit.train.modeling import load_token_classifier
+
+    records = conll.load_split(prepared_slice, "test")
+    tok = conll.read_manifest(prepared_slice)["tokenizer"]
+    model = load_token_classifier(tiny_classifier).eval()
+    assert model.config.llamakit_bidirectional is False
+    alone = evaluate.predict(model, records, pad_id=tok["pad_token_id"])
+    packed = evaluate.predict(model, records, pad_id=tok["pad_token_id"], pack_documents=64, bos_id=tok["bos_token_id"])
+    rows = packing.plan_rows([r["doc"] for r in records], [r["input_ids"] for r in records], budget=64, bos_id=tok["bos_token_id"])
+    firsts, later = [r[0] for r in rows], [i for r in rows for i in r[1:]]
+    assert later and len({r["doc"] for r in records}) > 1
+    assert [len(p) for p in packed] == [r["n_words"] for r in records]
+    assert all(packed[i] == alone[i] for i in firsts)
+    assert any(packed[i] != alone[i] for i in later)
+    # viterbi decodes each sentence of a row on its own: its output is valid IOB2 per sentence
+    vit = evaluate.predict(model, records, pad_id=tok["pad_token_id"], decode="viterbi", pack_documents=64, bos_id=tok["bos_token_id"])
+    for sent in vit:
+        tags = [LABELS[i] for i in sent]
+        assert all(not t.startswith("I-") or (p != "O" and p[2:] == t[2:]) for p, t in zip(["O"] + tags, tags))
+
+
+def test_evaluate_packs_as_the_model_was_fine_tuned(tiny_classifier, prepared_slice, tmp_path, evaluated):
+    _, unpacked = evaluated
+    model = tmp_path / "packed-model"
+    shutil.copytree(tiny_classifier, model)
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, "llamakit_pack_documents": 64}))
+    evaluate.run(model, prepared_slice, tmp_path / "p", show_progress=False)
+    m = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    assert m["provenance"]["context"] == "document runs packed into rows of <= 64 sub-tokens"
+    assert (tmp_path / "p" / "predictions.txt").read_text() != (unpacked / "predictions.txt").read_text()
+    evaluate.run(model, prepared_slice, tmp_path / "u", pack_documents=0, show_progress=False)  # --pack-documents 0
+    assert (tmp_path / "u" / "predictions.txt").read_text() == (unpacked / "predictions.txt").read_text()
+    assert json.loads((tmp_path / "u" / "metrics.json").read_text())["provenance"]["context"] == "one sentence per row"
+
+
 def test_refuses_a_model_with_another_tokenizer_or_label_set(conll_slice, tiny_tokenizer, prepared_slice, tmp_path):
     other_tok = build_tokenizer(words_of(conll_slice), tmp_path / "tok2", vocab_size=380)
     other = build_classifier(other_tok, tmp_path / "other")

@@ -179,6 +179,21 @@ def test_causal_and_bidirectional_exports_differ_in_attention(tmp_path, assets):
         assert (not torch.equal(a, b)) is flag  # only without the causal mask does token 0 see the last one
 
 
+def test_document_packing_trains_on_rows_and_the_export_says_so(tmp_path, assets):
+    runs = {}
+    for budget in (0, 64):
+        runs[budget] = finetune.run(make_recipe(tmp_path, assets, out=f"p{budget}", pack_documents=budget, epochs=1))
+    cfg = json.loads((tmp_path / "p64" / "model" / "config.json").read_text())
+    assert cfg["llamakit_pack_documents"] == 64  # evaluate packs the same way
+    s = json.loads((tmp_path / "p64" / "train_summary.json").read_text())
+    assert s["recipe"]["pack_documents"] == 64
+    # rows of several sentences: fewer rows per epoch, every labelled word still trained on and scored once
+    assert runs[64].dev[-1]["sentences"] < runs[0].dev[-1]["sentences"]
+    assert runs[64].dev[-1]["words"] == runs[0].dev[-1]["words"]
+    assert runs[64].tokens == runs[0].tokens  # this data has no BOS: the same tokens, rearranged
+    assert not torch.equal(read_weights(tmp_path / "p64" / "model")["score.weight"], read_weights(tmp_path / "p0" / "model")["score.weight"])
+
+
 def test_bad_prepared_data_is_a_typed_error_naming_the_line(tmp_path, assets):
     model, data = assets
     bad = tmp_path / "bad"
