@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from llamakit.convert import keymap
 from llamakit.convert.arch import Arch
 from llamakit.convert.meta import Entry, expected_shapes, part_rows
-from llamakit.convert.output import FileSpan, copy_span, start_writeback, write_all
+from llamakit.convert.output import FileSpan, SpanCopier, start_writeback, write_all
 from llamakit.convert.pth import tensor_bytes
 from llamakit.errors import ConversionError, InputFileError, UsageError
 
@@ -150,14 +150,14 @@ def write_safetensors(path: Path, specs: list[tuple[str, tuple[int, ...], "torch
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned, as safetensors writes it
-    with open(path, "wb", buffering=0) as f:
+    with open(path, "wb", buffering=0) as f, SpanCopier() as copier:
         fd = f.fileno()
         write_all(fd, struct.pack("<Q", len(raw)) + raw)
         for (name, shape, dtype), (got_name, parts) in zip(specs, tensors, strict=True):
             want = header[name]["data_offsets"][1] - header[name]["data_offsets"][0]
             for part in parts:
                 if isinstance(part, FileSpan):  # already these bytes in a source file (dtype checked by the producer)
-                    copy_span(part, fd)
+                    copier.copy(part, fd)
                     want -= part.nbytes
                     continue
                 if got_name != name or part.dtype != dtype:
@@ -204,9 +204,11 @@ def write_hf(source, out: Path, *, dtype, max_shard_size, progress: Callable[[st
     def produce(names):
         for hf in names:
             e, rule = plan[hf]
-            # Bytes that need neither the rotary permutation nor a cast, and sit in the source files in
-            # output order, are copied file to file (about half of a Meta checkpoint: wv, w1, w3, output, norms).
-            spans = source.spans(e.name) if hasattr(source, "spans") and not rule.rope and out_dtype[hf] == e.dtype else None
+            # Without a cast every byte already sits in the source files: the merge and the rotary permutation
+            # only move whole rows, so the tensor goes file to file as (coalesced) row ranges.
+            spans = None
+            if hasattr(source, "spans") and out_dtype[hf] == e.dtype:
+                spans = source.spans(e.name, keymap.hf_row_order(rule, e.shape[0], arch.head_dim) if rule.rope else None)
             if spans is not None:
                 yield hf, iter(spans)
             else:

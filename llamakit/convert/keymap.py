@@ -136,3 +136,11 @@ def to_hf_layout(rule: Rule, w: "torch.Tensor", head_dim: int) -> "torch.Tensor"
 def from_hf_layout(rule: Rule, w: "torch.Tensor", head_dim: int) -> "torch.Tensor":
     """HF layout → Meta/GGUF layout, for a whole tensor or any dim-0 block of whole heads of it."""
     return half_to_interleaved(w, w.shape[0] // head_dim) if rule.rope else w
+
+
+def hf_row_order(rule: Rule, n_rows: int, head_dim: int) -> list[int]:
+    """Row i of the HF tensor is row order[i] of the Meta one: `to_hf_layout` applied to the row numbers,
+    so a writer that moves whole rows (copy_file_range) permutes exactly as the tensor path does."""
+    import torch
+
+    return to_hf_layout(rule, torch.arange(n_rows).unsqueeze(1), head_dim).squeeze(1).tolist()

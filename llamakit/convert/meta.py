@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 from llamakit.convert import keymap
 from llamakit.convert.arch import Arch, meta_ffn_dim, validate_params_json
-from llamakit.convert.output import FileSpan
+from llamakit.convert.output import FileSpan, coalesce
 from llamakit.convert.pth import PthWriter, file_offsets, load_pth, prefetch, release
 from llamakit.errors import ConversionError, InputFileError
 
@@ -213,23 +213,31 @@ class MetaSource:
             pieces = pieces[:1]
         return pieces
 
-    def spans(self, name: str) -> list[FileSpan] | None:
-        """The merged tensor as byte ranges of the shard files, when merging is concatenation.
+    def spans(self, name: str, order: list[int] | None = None) -> list[FileSpan] | None:
+        """The merged tensor's bytes as ranges of the shard files, in output order, for writers to move with
+        copy_file_range instead of through memory.
 
-        True of dim-0 splits (shard 0's rows, then shard 1's, ...) and replicated tensors (shard
-        0's copy), which writers can then move with copy_file_range instead of through memory.
-        None for dim-1 splits, or when the files' layout could not be confirmed."""
+        A dim-0 split is shard 0's rows, then shard 1's, ...; a replicated tensor is shard 0's copy; a
+        dim-1 split is each row's pieces side by side. `order` reorders the merged rows (row i of the
+        output is row order[i]: the rotary permutation). Adjacent ranges are merged. None when the
+        files' layout could not be confirmed."""
         d = self.plan.split_dims[name]
-        if d not in (None, 0):
-            return None
         if self._offsets is None:
             self._offsets = [file_offsets(f, s) for f, s in zip(self._files, self._shards)]
         if any(o is None for o in self._offsets):
             return None
         pieces = self._pieces(name)
         release(pieces[0])  # the equality check of a replicated tensor touched its pages
-        return [FileSpan(f, offs[name], p.numel() * p.element_size())
-                for f, offs, p in zip(self._files, self._offsets, pieces)]
+        where = [(f, offs[name], p.numel() * p.element_size()) for f, offs, p in zip(self._files, self._offsets, pieces)]
+        if order is None and d in (None, 0):
+            return [FileSpan(*w) for w in where]
+        rows = pieces[0].shape[0]
+        if d in (None, 0):
+            step = where[0][2] // rows
+            merged = order if order is not None else range(rows * len(where))
+            return coalesce([FileSpan(where[r // rows][0], where[r // rows][1] + r % rows * step, step) for r in merged])
+        merged = order if order is not None else range(rows)
+        return coalesce([FileSpan(f, off + r * (n // rows), n // rows) for r in merged for f, off, n in where])
 
     def shard_weights(self) -> Callable[[int, str], "torch.Tensor"]:
         """(rank, key) -> that shard's tensor in float32, for the reference forward."""

@@ -13,12 +13,12 @@ import errno
 import os
 import re
 import shutil
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from llamakit.convert._libc import libc
 from llamakit.errors import DestinationExistsError, UsageError
 
 
@@ -37,44 +37,68 @@ def write_all(fd: int, data) -> None:
         view = view[os.write(fd, view):]
 
 
-def copy_span(span: FileSpan, fd: int) -> None:
-    """Append `span` to the file open at `fd`: copy_file_range, so the bytes never pass through user
-    space; filesystems or kernels that refuse it (EXDEV, EOPNOTSUPP, ...) get pread/write."""
-    with open(span.path, "rb", buffering=0) as src:
+def coalesce(spans: list[FileSpan]) -> list[FileSpan]:
+    """Adjacent ranges of one file merged, so rows that sit in order cost one copy, not one each."""
+    out: list[FileSpan] = []
+    for s in spans:
+        last = out[-1] if out else None
+        if last is not None and last.path == s.path and last.offset + last.nbytes == s.offset:
+            out[-1] = FileSpan(s.path, last.offset, last.nbytes + s.nbytes)
+        else:
+            out.append(s)
+    return out
+
+
+class SpanCopier:
+    """Appends FileSpans to an output fd, each source file opened once.
+
+    copy_file_range keeps the bytes in the kernel; once it is refused (EXDEV, EOPNOTSUPP, ... on some
+    filesystems and kernels) the rest go through pread/write without asking again."""
+
+    _REFUSED = (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EPERM)
+
+    def __init__(self):
+        self._fds: dict[Path, int] = {}
+        self._kernel = hasattr(os, "copy_file_range")
+
+    def __enter__(self) -> "SpanCopier":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def copy(self, span: FileSpan, fd: int) -> None:
+        src = self._fds.get(span.path)
+        if src is None:
+            src = self._fds[span.path] = os.open(span.path, os.O_RDONLY)
         done = 0
-        if hasattr(os, "copy_file_range"):
+        if self._kernel:
             try:
                 while done < span.nbytes:
-                    n = os.copy_file_range(src.fileno(), fd, span.nbytes - done, span.offset + done)
+                    n = os.copy_file_range(src, fd, span.nbytes - done, span.offset + done)
                     if n == 0:
                         raise OSError(errno.EIO, f"{span.path} ended before byte {span.offset + span.nbytes}")
                     done += n
             except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EPERM):
+                if exc.errno not in self._REFUSED:
                     raise
+                self._kernel = False
         while done < span.nbytes:
-            chunk = os.pread(src.fileno(), min(16 << 20, span.nbytes - done), span.offset + done)
+            chunk = os.pread(src, min(16 << 20, span.nbytes - done), span.offset + done)
             if not chunk:
                 raise OSError(errno.EIO, f"{span.path} ended before byte {span.offset + span.nbytes}")
             write_all(fd, chunk)
             done += len(chunk)
 
 
-_libc = None
-
-
 def start_writeback(fd: int) -> None:
     """Ask the kernel to start writing this file's dirty pages now (sync_file_range, Linux), so the
     fsync before the commit finds little left to do; elsewhere a no-op, and the fsync does it all."""
-    global _libc
-    if not sys.platform.startswith("linux"):
-        return
-    if _libc is None:
-        import ctypes
-
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    _libc.sync_file_range(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE: start writeback, don't wait for it
+    lib = libc()
+    if lib is not None:
+        lib.sync_file_range(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE: start writeback, don't wait for it
 
 
 def _alive(pid: int) -> bool:

@@ -15,7 +15,6 @@ at a time, with a deterministic serialization id so reruns give identical files.
 from __future__ import annotations
 
 import collections
-import ctypes
 import hashlib
 import io
 import mmap
@@ -27,6 +26,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llamakit.convert._libc import libc
 from llamakit.errors import InputFileError, UnsafeCheckpointError
 
 if TYPE_CHECKING:
@@ -96,16 +96,12 @@ def file_offsets(path: Path, tensors: dict[str, "torch.Tensor"]) -> dict[str, in
 # --- mapping pages in, and giving them back ----------------------------------------
 
 _MADV_DONTNEED, _MADV_POPULATE_READ = 4, 22
-_libc = None
 
 
 def _madvise(buf, advice: int) -> None:
-    global _libc
-    if not sys.platform.startswith("linux"):
+    lib = libc()
+    if lib is None:
         return
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     if hasattr(buf, "data_ptr"):
         start, size = buf.data_ptr(), buf.numel() * buf.element_size()
     else:  # numpy
@@ -113,7 +109,7 @@ def _madvise(buf, advice: int) -> None:
     if size == 0:
         return
     lo = start - start % mmap.PAGESIZE
-    _libc.madvise(lo, start + size - lo, advice)  # an old kernel's EINVAL only costs the optimisation
+    lib.madvise(lo, start + size - lo, advice)  # an old kernel's EINVAL only costs the optimisation
 
 
 def prefetch(buf) -> None:

@@ -29,17 +29,12 @@ def pipeline_template(tmp_path_factory, conll_dir) -> Path:
     record_ci_reference(root)
     dvc(root, "commit", "-f", "-q")
     dvc(root, "repro", "--force", "--single-item", "report")  # the real report stage on those outputs
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "pipeline state after a run")
-    assert "up to date" in dvc(root, "status").stdout
-    return root
+    return _committed(root)
 
 
 @pytest.fixture
 def pipeline_repo(pipeline_template, tmp_path) -> Path:
-    root = tmp_path / "repo"
-    shutil.copytree(pipeline_template, root, symlinks=True)
-    return root
+    return _copy(pipeline_template, tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -53,14 +48,23 @@ def trained_template(tmp_path_factory, conll_dir) -> Path:
     dvc(root, "repro", "evaluate")
     record_ci_reference(root)
     dvc(root, "repro")
+    return _committed(root)
+
+
+@pytest.fixture
+def trained_repo(trained_template, tmp_path) -> Path:
+    return _copy(trained_template, tmp_path)
+
+
+def _committed(root: Path) -> Path:
+    """The run's state committed to git, with DVC agreeing that nothing is stale."""
     git(root, "add", "-A")
     git(root, "commit", "-qm", "pipeline state after a run")
     assert "up to date" in dvc(root, "status").stdout
     return root
 
 
-@pytest.fixture
-def trained_repo(trained_template, tmp_path) -> Path:
+def _copy(template: Path, tmp_path: Path) -> Path:
     root = tmp_path / "repo"
-    shutil.copytree(trained_template, root, symlinks=True)
+    shutil.copytree(template, root, symlinks=True)
     return root
