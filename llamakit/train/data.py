@@ -29,6 +29,7 @@ class Split:
     input_ids: list[list[int]]
     labels: list[list[int]]
     docs: list[int] = field(default_factory=list)  # each row's document (its first sentence's)
+    n_sentences: int | None = None  # when rows are packed runs of sentences (pack_split); else one per row
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -108,7 +109,8 @@ def pack_split(split: Split, *, budget: int, bos_id: int | None) -> Split:
         return split
     rows = packing.plan_rows(split.docs, split.input_ids, budget=budget, bos_id=bos_id)
     joined = [packing.join(m, split.input_ids, split.labels, bos_id=bos_id) for m in rows]
-    return Split(split.name, split.path, split.sha256, [j[0] for j in joined], [j[1] for j in joined], [split.docs[m[0]] for m in rows])
+    return Split(split.name, split.path, split.sha256, [j[0] for j in joined], [j[1] for j in joined],
+                 [split.docs[m[0]] for m in rows], n_sentences=len(split))
 
 
 def epoch_batches(lengths: list[int], *, seed: int, epoch: int, max_tokens: int, max_sentences: int, sort_window: int) -> list[list[int]]:

@@ -295,7 +295,10 @@ def dev_eval(model, split: Split, *, device, pad_id: int, max_tokens: int, max_s
             total += int(sel.sum())
             loss += float(F.cross_entropy(scores, gold, reduction="sum"))
     model.train(was_training)
-    return {"token_micro_f1": correct / max(1, total), "loss": loss / max(1, total), "words": total, "sentences": len(split)}
+    out = {"token_micro_f1": correct / max(1, total), "loss": loss / max(1, total), "words": total}
+    if split.n_sentences is None:
+        return {**out, "sentences": len(split)}
+    return {**out, "sentences": split.n_sentences, "rows": len(split)}  # packed document runs
 
 
 def _dev_eval_on_main(recipe, model, split, device, pad_id, dist, position, tracker, plans) -> dict:

@@ -188,7 +188,8 @@ def test_document_packing_trains_on_rows_and_the_export_says_so(tmp_path, assets
     s = json.loads((tmp_path / "p64" / "train_summary.json").read_text())
     assert s["recipe"]["pack_documents"] == 64
     # rows of several sentences: fewer rows per epoch, every labelled word still trained on and scored once
-    assert runs[64].dev[-1]["sentences"] < runs[0].dev[-1]["sentences"]
+    assert runs[64].dev[-1]["rows"] < runs[64].dev[-1]["sentences"] == runs[0].dev[-1]["sentences"] == 16
+    assert "rows" not in runs[0].dev[-1]
     assert runs[64].dev[-1]["words"] == runs[0].dev[-1]["words"]
     assert runs[64].tokens == runs[0].tokens  # this data has no BOS: the same tokens, rearranged
     assert not torch.equal(read_weights(tmp_path / "p64" / "model")["score.weight"], read_weights(tmp_path / "p0" / "model")["score.weight"])

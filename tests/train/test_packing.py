@@ -64,6 +64,6 @@ def test_pack_split_keeps_identity_and_labels():
     split = Split("train", None, "sha", ids, labels, docs)
     assert pack_split(split, budget=0, bos_id=BOS) is split
     packed = pack_split(split, budget=200, bos_id=BOS)
-    assert packed.sha256 == "sha" and len(packed) < len(split)
+    assert packed.sha256 == "sha" and len(packed) < len(split) == packed.n_sentences
     assert packed.n_labeled(range(len(packed))) == split.n_labeled(range(len(split)))
     assert max(packed.lengths) <= max(200, max(split.lengths))
