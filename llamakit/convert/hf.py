@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from llamakit.convert import keymap
 from llamakit.convert.arch import Arch
 from llamakit.convert.meta import Entry, expected_shapes, part_rows
-from llamakit.convert.output import FileSpan, SpanCopier, start_writeback, write_all
+from llamakit.convert.output import FileSpan, SpanCopier, pwrite_all, start_writeback
 from llamakit.convert.pth import tensor_bytes
 from llamakit.errors import ConversionError, InputFileError, UsageError
 
@@ -135,12 +135,17 @@ class HFSource:
 # --- writing ----------------------------------------------------------------------
 
 
-def write_safetensors(path: Path, specs: list[tuple[str, tuple[int, ...], "torch.dtype"]],
-                      tensors: Iterator[tuple[str, Iterator["torch.Tensor | FileSpan"]]]) -> None:
-    """A safetensors file whose tensors arrive one at a time, each as dim-0 parts, in `specs` order.
+COPY_WORKERS = 2  # kernel copies of different tensors run side by side (2.09 GB: 2.4 s serial, 1.5 s on 2 threads here)
 
-    A part may be a `FileSpan` of a source file holding exactly those bytes: it is copied in the kernel."""
+
+def write_safetensors(path: Path, specs: list[tuple[str, tuple[int, ...], "torch.dtype"]],
+                      tensors: Iterator[tuple[str, "list[FileSpan] | Iterator[torch.Tensor]"]]) -> None:
+    """A safetensors file whose tensors arrive one at a time, in `specs` order, each either as dim-0 tensor
+    parts (written here) or as a list of `FileSpan`s of source files holding exactly its bytes (copied in
+    the kernel by a small pool, at the tensor's offset, while the next tensors are produced)."""
     import math
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
     header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -150,24 +155,42 @@ def write_safetensors(path: Path, specs: list[tuple[str, tuple[int, ...], "torch
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned, as safetensors writes it
-    with open(path, "wb", buffering=0) as f, SpanCopier() as copier:
+    base = 8 + len(raw)
+    with open(path, "wb", buffering=0) as f, SpanCopier() as copier, \
+            ThreadPoolExecutor(COPY_WORKERS, thread_name_prefix="llamakit-copy") as pool:
         fd = f.fileno()
-        write_all(fd, struct.pack("<Q", len(raw)) + raw)
+        pwrite_all(fd, struct.pack("<Q", len(raw)) + raw, 0)
+        pending: deque = deque()
         for (name, shape, dtype), (got_name, parts) in zip(specs, tensors, strict=True):
-            want = header[name]["data_offsets"][1] - header[name]["data_offsets"][0]
-            for part in parts:
-                if isinstance(part, FileSpan):  # already these bytes in a source file (dtype checked by the producer)
-                    copier.copy(part, fd)
-                    want -= part.nbytes
-                    continue
-                if got_name != name or part.dtype != dtype:
-                    raise AssertionError(f"{path.name}: got {got_name} {part.dtype}, planned {name} {dtype}")
-                data = tensor_bytes(part)
-                write_all(fd, data)
-                want -= data.nbytes
-            start_writeback(fd)  # overlaps the disk writes with the next tensor's copy
-            if want:
-                raise AssertionError(f"{path.name}: {name} is {want} bytes short of its planned shape {shape}")
+            start, end = header[name]["data_offsets"]
+            at = base + start
+            if got_name != name:
+                raise AssertionError(f"{path.name}: got {got_name}, planned {name}")
+            if isinstance(parts, list):  # FileSpans (dtype checked by the producer)
+                got = sum(s.nbytes for s in parts)
+                pending.append(pool.submit(_copy_spans, copier, parts, fd, at))
+                while len(pending) > 2 * COPY_WORKERS:  # bounded: span lists of a 70B model would not fit
+                    pending.popleft().result()
+            else:
+                got = 0
+                for part in parts:
+                    if part.dtype != dtype:
+                        raise AssertionError(f"{path.name}: got {name} {part.dtype}, planned {dtype}")
+                    data = tensor_bytes(part)
+                    pwrite_all(fd, data, at + got)
+                    got += data.nbytes
+                start_writeback(fd)  # overlaps the disk writes with the next tensor's copy
+            if got != end - start:
+                raise AssertionError(f"{path.name}: {name} has {got} bytes, its planned shape {shape} needs {end - start}")
+        while pending:
+            pending.popleft().result()
+
+
+def _copy_spans(copier: SpanCopier, spans: list[FileSpan], fd: int, at: int) -> None:
+    for s in spans:
+        copier.copy(s, fd, at)
+        at += s.nbytes
+    start_writeback(fd)
 
 
 def verify_safetensors(path: Path, specs: list[tuple[str, tuple[int, ...], "torch.dtype"]]) -> None:
@@ -210,7 +233,7 @@ def write_hf(source, out: Path, *, dtype, max_shard_size, progress: Callable[[st
             if hasattr(source, "spans") and out_dtype[hf] == e.dtype:
                 spans = source.spans(e.name, keymap.hf_row_order(rule, e.shape[0], arch.head_dim) if rule.rope else None)
             if spans is not None:
-                yield hf, iter(spans)
+                yield hf, spans
             else:
                 rows = part_rows(e, arch.head_dim, out_dtype[hf].itemsize)
                 yield hf, _hf_parts(source, e, rule, rows, out_dtype[hf], arch.head_dim)

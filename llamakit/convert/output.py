@@ -31,12 +31,6 @@ class FileSpan:
     nbytes: int
 
 
-def write_all(fd: int, data) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def coalesce(spans: list[FileSpan]) -> list[FileSpan]:
     """Adjacent ranges of one file merged, so rows that sit in order cost one copy, not one each."""
     out: list[FileSpan] = []
@@ -49,16 +43,27 @@ def coalesce(spans: list[FileSpan]) -> list[FileSpan]:
     return out
 
 
+def pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 class SpanCopier:
-    """Appends FileSpans to an output fd, each source file opened once.
+    """Writes FileSpans into an output file at given offsets, each source file opened once; safe to share
+    between threads (copies at distinct offsets of one file can run side by side).
 
     copy_file_range keeps the bytes in the kernel; once it is refused (EXDEV, EOPNOTSUPP, ... on some
-    filesystems and kernels) the rest go through pread/write without asking again."""
+    filesystems and kernels) the rest go through pread/pwrite without asking again."""
 
     _REFUSED = (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EPERM)
 
     def __init__(self):
+        import threading
+
         self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()
         self._kernel = hasattr(os, "copy_file_range")
 
     def __enter__(self) -> "SpanCopier":
@@ -69,15 +74,21 @@ class SpanCopier:
             os.close(fd)
         self._fds.clear()
 
-    def copy(self, span: FileSpan, fd: int) -> None:
-        src = self._fds.get(span.path)
-        if src is None:
-            src = self._fds[span.path] = os.open(span.path, os.O_RDONLY)
+    def _source(self, path: Path) -> int:
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY)
+            return fd
+
+    def copy(self, span: FileSpan, fd: int, at: int) -> None:
+        """`span`'s bytes into the file open at `fd`, starting at byte `at`."""
+        src = self._source(span.path)
         done = 0
         if self._kernel:
             try:
                 while done < span.nbytes:
-                    n = os.copy_file_range(src, fd, span.nbytes - done, span.offset + done)
+                    n = os.copy_file_range(src, fd, span.nbytes - done, span.offset + done, at + done)
                     if n == 0:
                         raise OSError(errno.EIO, f"{span.path} ended before byte {span.offset + span.nbytes}")
                     done += n
@@ -89,7 +100,7 @@ class SpanCopier:
             chunk = os.pread(src, min(16 << 20, span.nbytes - done), span.offset + done)
             if not chunk:
                 raise OSError(errno.EIO, f"{span.path} ended before byte {span.offset + span.nbytes}")
-            write_all(fd, chunk)
+            pwrite_all(fd, chunk, at + done)
             done += len(chunk)
 
 

@@ -81,3 +81,16 @@ def test_kernel_copy_fallback_and_slow_path_write_identical_files(tmp_path, monk
     slow = convert(src, tmp_path / "slow", check=False, show_progress=False)
     assert _digests(tmp_path / "fast")
     assert _digests(tmp_path / "fast") == _digests(tmp_path / "fallback") == _digests(tmp_path / "slow")
+
+
+def test_a_failing_kernel_copy_surfaces_and_leaves_no_destination(tmp_path, monkeypatch):
+    """Copies run on a worker pool: an I/O error there must still stop the conversion, with DST never created."""
+    src, _, _ = write_meta_checkpoint(tmp_path / "meta", "gqa", 2)
+
+    def broken(*_a, **_kw):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "copy_file_range", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        convert(src, tmp_path / "out", check=False, show_progress=False)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
