@@ -28,7 +28,7 @@ class Split:
     sha256: str
     input_ids: list[list[int]]
     labels: list[list[int]]
-    docs: list[int] = field(default_factory=list)  # each row's document (its first sentence's)
+    docs: list[int | None] = field(default_factory=list)  # each row's document (its first sentence's); None: unknown
     n_sentences: int | None = None  # when rows are packed runs of sentences (pack_split); else one per row
 
     def __len__(self) -> int:
@@ -65,7 +65,7 @@ def read_split(data_dir: str | Path, split: str, *, n_labels: int, vocab_size: i
     digest = hashlib.sha256()
     ids_all: list[list[int]] = []
     labels_all: list[list[int]] = []
-    docs_all: list[int] = []
+    docs_all: list[int | None] = []
     fix = "the prepared data is damaged or from another tool; re-run `llamakit prepare`"
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -95,7 +95,7 @@ def read_split(data_dir: str | Path, split: str, *, n_labels: int, vocab_size: i
             ids_all.append(ids)
             labels_all.append(labs)
             doc = rec.get("doc")
-            docs_all.append(doc if type(doc) is int else -lineno)  # no document id: a document of its own
+            docs_all.append(doc if type(doc) is int else None)
     if not ids_all:
         raise InputFileError(f"{split}.jsonl has no sentences", path=path, fix="re-run `llamakit prepare`")
     return Split(split, path, digest.hexdigest(), ids_all, labels_all, docs_all)
@@ -107,10 +107,8 @@ def pack_split(split: Split, *, budget: int, bos_id: int | None) -> Split:
 
     if budget <= 0:
         return split
-    rows = packing.plan_rows(split.docs, split.input_ids, budget=budget, bos_id=bos_id)
-    joined = [packing.join(m, split.input_ids, split.labels, bos_id=bos_id) for m in rows]
-    return Split(split.name, split.path, split.sha256, [j[0] for j in joined], [j[1] for j in joined],
-                 [split.docs[m[0]] for m in rows], n_sentences=len(split))
+    rows, ids, labels = packing.pack(split.docs, split.input_ids, split.labels, budget=budget, bos_id=bos_id)
+    return Split(split.name, split.path, split.sha256, ids, labels, [split.docs[m[0]] for m in rows], n_sentences=len(split))
 
 
 def epoch_batches(lengths: list[int], *, seed: int, epoch: int, max_tokens: int, max_sentences: int, sort_window: int) -> list[list[int]]:

@@ -159,12 +159,10 @@ def predict(model, records: list[dict], *, pad_id: int, batch_tokens: int = DEFA
         names = [id2label[i] for i in range(len(id2label))]
         start_ok, follows_ok = decoding.iob2_constraints(names)
 
-    ids_in = [r["input_ids"] for r in records]
-    labels_in = [r["labels"] for r in records]
-    docs = [r["doc"] if type(r.get("doc")) is int else -1 - k for k, r in enumerate(records)]
-    rows = packing.plan_rows(docs, ids_in, budget=pack_documents, bos_id=bos_id)
-    joined = [packing.join(m, ids_in, labels_in, bos_id=bos_id) for m in rows]
-    lengths = [len(ids) for ids, _ in joined]
+    docs = [r["doc"] if type(r.get("doc")) is int else None for r in records]
+    rows, row_ids, row_labels = packing.pack(docs, [r["input_ids"] for r in records], [r["labels"] for r in records],
+                                             budget=pack_documents, bos_id=bos_id)
+    lengths = [len(ids) for ids in row_ids]
     order = sorted(range(len(rows)), key=lambda k: lengths[k], reverse=True)
     out: list[list[int] | None] = [None] * len(records)
     device = next(model.parameters()).device
@@ -174,11 +172,11 @@ def predict(model, records: list[dict], *, pad_id: int, batch_tokens: int = DEFA
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for row, k in enumerate(batch):
-                ids[row, : lengths[k]] = torch.tensor(joined[k][0])
+                ids[row, : lengths[k]] = torch.tensor(row_ids[k])
                 mask[row, : lengths[k]] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
             for row, k in enumerate(batch):
-                pos = [j for j, x in enumerate(joined[k][1]) if x != -100]
+                pos = [j for j, x in enumerate(row_labels[k]) if x != -100]
                 scores = logits[row, pos]
                 first = 0
                 for i in rows[k]:

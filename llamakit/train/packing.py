@@ -17,18 +17,25 @@ from __future__ import annotations
 
 import math
 
-IGNORE = -100
+
+def pack(docs: list[int | None], input_ids: list[list[int]], labels: list[list[int]], *, budget: int,
+         bos_id: int | None) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """(rows as sentence indices, each row's input_ids, each row's labels)."""
+    rows = plan_rows(docs, input_ids, budget=budget, bos_id=bos_id)
+    joined = [join(m, input_ids, labels, bos_id=bos_id) for m in rows]
+    return rows, [ids for ids, _ in joined], [labs for _, labs in joined]
 
 
-def plan_rows(docs: list[int], input_ids: list[list[int]], *, budget: int, bos_id: int | None) -> list[list[int]]:
-    """Sentence indices of each row, in order; `budget` 0 keeps one sentence per row."""
+def plan_rows(docs: list[int | None], input_ids: list[list[int]], *, budget: int, bos_id: int | None) -> list[list[int]]:
+    """Sentence indices of each row, in order; `budget` 0 keeps one sentence per row. A sentence whose
+    document is None (data prepared without document ids) is a document of its own."""
     if budget <= 0:
         return [[i] for i in range(len(input_ids))]
     rows: list[list[int]] = []
     start = 0
     while start < len(input_ids):
-        end = start
-        while end < len(input_ids) and docs[end] == docs[start]:
+        end = start + 1
+        while end < len(input_ids) and docs[start] is not None and docs[end] == docs[start]:
             end += 1
         rows.extend(_cut_document(list(range(start, end)), input_ids, budget=budget, bos_id=bos_id))
         start = end
@@ -60,7 +67,7 @@ def join(members: list[int], input_ids: list[list[int]], labels: list[list[int]]
     ids: list[int] = []
     labs: list[int] = []
     for k, i in enumerate(members):
-        skip = 1 if k and _leads_with_bos(input_ids[i], bos_id) and labels[i][0] == IGNORE else 0
+        skip = 1 if k and _leads_with_bos(input_ids[i], bos_id) else 0  # prepare never labels the BOS
         ids.extend(input_ids[i][skip:])
         labs.extend(labels[i][skip:])
     return ids, labs

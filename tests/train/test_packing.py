@@ -52,6 +52,8 @@ def test_a_document_is_cut_into_even_rows_not_greedily():
 def test_budget_zero_is_one_sentence_per_row_and_without_bos_nothing_is_dropped():
     docs, ids, labels = _corpus(0)
     assert packing.plan_rows(docs, ids, budget=0, bos_id=BOS) == [[i] for i in range(len(ids))]
+    # data prepared without document ids: every sentence is a document of its own
+    assert packing.plan_rows([None] * len(ids), ids, budget=256, bos_id=BOS) == [[i] for i in range(len(ids))]
     no_bos = [x[1:] for x in ids]
     rows = packing.plan_rows(docs, no_bos, budget=128, bos_id=None)
     for r in rows:
