@@ -131,7 +131,7 @@ def _train_provenance(run_dir: Optional[Path]) -> dict[str, Any]:
     recipe = ts.get("recipe") or ts.get("resolved_recipe") or {}
     seeds = ts.get("seeds") if ts.get("seeds") is not None else {"seed": recipe.get("seed", ts.get("seed"))}
     keep = ("profile", "overrides", "device", "world_size", "backend", "deterministic", "data_order", "fingerprint",
-            "steps", "total_steps", "tokens", "final_loss", "resumed_from_step", "wall_s", "train_s", "tokens_per_s")
+            "steps", "total_steps", "tokens", "final_loss", "resumed_from_step", "wall_s", "train_s", "tokens_per_s", "ensemble")
     return {
         "summary": str(path),
         "seeds": seeds,
@@ -142,9 +142,25 @@ def _train_provenance(run_dir: Optional[Path]) -> dict[str, Any]:
 
 
 def _loss_curve(run_dir: Optional[Path]) -> list[tuple[float, float]]:
-    """(step, loss) from dvclive's TSV under RUN/dvclive/plots/metrics (train loss preferred)."""
+    """(step, loss) from dvclive's TSV under RUN/dvclive/plots/metrics (train loss preferred).
+
+    An ensemble's members trained one after another (RUN/members/<k>/, llamakit/train/ensemble.py):
+    their curves are laid end to end, each member's steps counted on from the previous member's last.
+    """
     if run_dir is None:
         return []
+    summary = run_dir / "train_summary.json"
+    n_members = _read_json(summary, "train_summary.json").get("ensemble") if summary.is_file() else None
+    if not isinstance(n_members, int):
+        return _dvclive_loss(run_dir)
+    points: list[tuple[float, float]] = []
+    for k in range(1, n_members + 1):
+        offset = points[-1][0] if points else 0.0
+        points += [(offset + step, v) for step, v in _dvclive_loss(run_dir / "members" / str(k))]
+    return points
+
+
+def _dvclive_loss(run_dir: Path) -> list[tuple[float, float]]:
     base = run_dir / "dvclive" / "plots" / "metrics"
     candidates = sorted(base.rglob("*loss*.tsv")) if base.is_dir() else []
     candidates.sort(key=lambda p: ("train" not in p.parts, len(p.parts), str(p)))

@@ -56,7 +56,9 @@ def run(
 
     device "auto" is CUDA when available, else CPU; the model runs in fp32 either way.
     `pack_documents` None packs sentences into rows as the model was fine-tuned (its config.json's
-    `llamakit_pack_documents`, 0 when absent).
+    `llamakit_pack_documents`, 0 when absent). An ensemble directory (ensemble.json, written by
+    `llamakit finetune` for a recipe with `ensemble:`) runs each member in its own context and
+    decodes the mean of their per-word probabilities (llamakit/train/ensemble.py).
     """
     import torch
 
@@ -68,13 +70,14 @@ def run(
     from llamakit.data import conll
     from llamakit.data.align import tokenizer_identity
     from llamakit.data.atomic import atomic_dir, sha256_file
-    from llamakit.train import metrics
+    from llamakit.train import ensemble, metrics
     from llamakit.train.modeling import load_token_classifier
 
     t0 = time.perf_counter()
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
-    if not (model_dir / "config.json").is_file():
-        raise InputFileError("not an HF model directory (no config.json)", path=model_dir, fix="pass the finetune output's model/ directory")
+    if not (model_dir / "config.json").is_file() and not (model_dir / ensemble.MANIFEST).is_file():
+        raise InputFileError("not an HF model directory (no config.json) nor an ensemble (no ensemble.json)", path=model_dir,
+                             fix="pass the finetune output's model/ directory")
     records = conll.load_split(data_dir, split)
     manifest = conll.read_manifest(data_dir)
     labels = conll.load_labels(data_dir)
@@ -86,25 +89,33 @@ def run(
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_token_classifier(model_dir).eval().to(device)
-    to_prepared = _label_map(model, labels, model_dir)
+    members = ensemble.member_dirs(model_dir)
     pad_id = manifest["tokenizer"].get("pad_token_id")
     pad_id = pad_id if pad_id is not None else 0  # padded positions are masked out; any valid id works
-    if pack_documents is None:
-        pack_documents = int(getattr(model.config, "llamakit_pack_documents", 0) or 0)
-
+    bos_id = manifest["tokenizer"].get("bos_token_id")
+    n_words = sum(r["n_words"] for r in records)
+    scored, info = [], []
     with _progress(show_progress) as progress:
-        task = progress.add_task(f"evaluating {split}", total=sum(r["n_words"] for r in records))
-        pred_ids = predict(model, records, pad_id=pad_id, batch_tokens=batch_tokens, decode=decode,
-                           pack_documents=pack_documents, bos_id=manifest["tokenizer"].get("bos_token_id"),
-                           on_batch=lambda n: progress.advance(task, n))
-    pred_ids = [[to_prepared[i] for i in p] for p in pred_ids]
+        for k, member_dir in enumerate(members or [model_dir], start=1):
+            if members:
+                _check_tokenizer(member_dir, manifest, tokenizer_identity)
+            model = load_token_classifier(member_dir).eval().to(device)
+            to_prepared = _label_map(model, labels, member_dir)
+            pack = pack_documents if pack_documents is not None else int(getattr(model.config, "llamakit_pack_documents", 0) or 0)
+            what = f"evaluating {split}" + (f" (member {k}/{len(members)})" if members else "")
+            task = progress.add_task(what, total=n_words)
+            lp = word_logprobs(model, records, pad_id=pad_id, batch_tokens=batch_tokens, pack_documents=pack, bos_id=bos_id,
+                               on_batch=lambda n: progress.advance(task, n))
+            scored.append([_to_prepared_order(x, to_prepared) for x in lp])
+            info.append({"dir": member_dir, "pack": pack, "bidirectional": bool(getattr(model.config, "llamakit_bidirectional", False))})
+            del model
+    decoder = _decoder(labels, decode)
+    pred_ids = [decoder(x) for x in ensemble.combine(scored)]
 
     gold = [[labels[x] for x in r["labels"] if x != -100] for r in records]
     pred = [[labels[i] for i in p] for p in pred_ids]
     types = sorted({t[2:] for t in labels if t != "O"})
     m = metrics.compute(gold, pred, labels, types)
-    n_words = sum(len(s) for s in gold)
     doc = {
         "split": split,
         "n_sentences": len(records),
@@ -113,20 +124,26 @@ def run(
         "entity": m["entity"],
         "headline": m["headline"],
         "provenance": {
-            "model_config_sha256": sha256_file(model_dir / "config.json"),
+            "model_config_sha256": sha256_file(model_dir / ("config.json" if not members else ensemble.MANIFEST)),
             "data_manifest_sha256": sha256_file(data_dir / "manifest.json"),
             "split_sha256": manifest["files"][f"{split}.jsonl"],
             "tokenizer_sha256": manifest["tokenizer"]["sha256"],
-            "bidirectional": bool(getattr(model.config, "llamakit_bidirectional", False)),
+            "bidirectional": all(x["bidirectional"] for x in info),
             "device": device,
             "dtype": "float32",
             "entity_mode": "seqeval strict IOB2",
             "decoding": "per-word argmax" if decode == "argmax" else "viterbi (valid IOB2 sequences only)",
-            "context": f"document runs packed into rows of <= {pack_documents} sub-tokens" if pack_documents else "one sentence per row",
+            "context": _context(info[0]["pack"]) if not members else "each member as it was trained (ensemble)",
             "versions": _versions(),
             # no timings here: two identical runs must write byte-identical metrics.json
         },
     }
+    if members:
+        doc["provenance"]["ensemble"] = {
+            "combine": ensemble.COMBINE,
+            "members": [{"dir": x["dir"].name, "config_sha256": sha256_file(x["dir"] / "config.json"), "bidirectional": x["bidirectional"],
+                         "context": _context(x["pack"])} for x in info],
+        }
     with atomic_dir(out_dir, marker="metrics.json") as tmp:
         (tmp / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
         with open(tmp / "predictions.txt", "w") as f:
@@ -144,27 +161,31 @@ def run(
 
 def predict(model, records: list[dict], *, pad_id: int, batch_tokens: int = DEFAULT_BATCH_TOKENS, decode: str = "argmax",
             pack_documents: int = 0, bos_id: int | None = None, on_batch=None) -> list[list[int]]:
-    """Model label ids, one per word (the labelled positions of each record), in record order.
+    """Model label ids, one per word (the labelled positions of each record), in record order."""
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    decoder = _decoder([id2label[i] for i in range(len(id2label))], decode)
+    return [decoder(x) for x in word_logprobs(model, records, pad_id=pad_id, batch_tokens=batch_tokens,
+                                             pack_documents=pack_documents, bos_id=bos_id, on_batch=on_batch)]
+
+
+def word_logprobs(model, records: list[dict], *, pad_id: int, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                  pack_documents: int = 0, bos_id: int | None = None, on_batch=None) -> list:
+    """Per record, a float32 [n_words, n_labels] array of log-probabilities (the model's label order)
+    at the labelled positions, in record order.
 
     With `pack_documents` > 0 the model sees rows of consecutive same-document sentences, as it
     was trained (llamakit/train/packing.py); each sentence's words are still decoded on their own.
     """
     import torch
 
-    from llamakit.train import decode as decoding
     from llamakit.train import packing
-
-    if decode == "viterbi":
-        id2label = {int(k): v for k, v in model.config.id2label.items()}
-        names = [id2label[i] for i in range(len(id2label))]
-        start_ok, follows_ok = decoding.iob2_constraints(names)
 
     docs = [r["doc"] if type(r.get("doc")) is int else None for r in records]
     rows, row_ids, row_labels = packing.pack(docs, [r["input_ids"] for r in records], [r["labels"] for r in records],
                                              budget=pack_documents, bos_id=bos_id)
     lengths = [len(ids) for ids in row_ids]
     order = sorted(range(len(rows)), key=lambda k: lengths[k], reverse=True)
-    out: list[list[int] | None] = [None] * len(records)
+    out: list = [None] * len(records)
     device = next(model.parameters()).device
     with torch.inference_mode():
         for batch in _batches(order, lengths, batch_tokens):
@@ -181,15 +202,34 @@ def predict(model, records: list[dict], *, pad_id: int, batch_tokens: int = DEFA
                 first = 0
                 for i in rows[k]:
                     n = records[i]["n_words"]
-                    words = scores[first : first + n]
+                    out[i] = torch.log_softmax(scores[first : first + n], dim=-1).numpy()
                     first += n
-                    if decode == "viterbi":
-                        out[i] = decoding.viterbi(torch.log_softmax(words, dim=-1).numpy(), start_ok, follows_ok)
-                    else:
-                        out[i] = words.argmax(dim=-1).tolist()
             if on_batch is not None:
                 on_batch(sum(records[i]["n_words"] for k in batch for i in rows[k]))
-    return out  # type: ignore[return-value]
+    return out
+
+
+def _decoder(labels: list[str], decode: str):
+    """log-probs [n_words, n_labels] → label indices: per-word argmax, or the best valid IOB2 sequence."""
+    from llamakit.train import decode as decoding
+
+    if decode == "argmax":
+        return lambda lp: lp.argmax(axis=-1).tolist()
+    start_ok, follows_ok = decoding.iob2_constraints(labels)
+    return lambda lp: decoding.viterbi(lp, start_ok, follows_ok)
+
+
+def _to_prepared_order(lp, to_prepared: list[int]):
+    """Columns from the model's label order to the prepared data's (to_prepared[model index] = prepared index)."""
+    import numpy as np
+
+    out = np.empty_like(lp)
+    out[:, to_prepared] = lp
+    return out
+
+
+def _context(pack: int) -> str:
+    return f"document runs packed into rows of <= {pack} sub-tokens" if pack else "one sentence per row"
 
 
 def _batches(order: list[int], lengths: list[int], batch_tokens: int):

@@ -19,7 +19,7 @@ from pathlib import Path
 from llamakit.train import checkpoint as ckpt
 from llamakit.train.components import Determinism, build_model, build_optimizer, check_model_dir, init_distributed, pick_device, unwrap
 from llamakit.train.data import IGNORE, Split, check_manifest, collate, epoch_batches, eval_batches, pack_split, read_labels, read_split
-from llamakit.train.outputs import export_model, summarize, write_json_atomic
+from llamakit.train.outputs import export_model, summarize, summarize_ensemble, write_json_atomic
 from llamakit.train.recipe import Recipe, load_recipe
 
 
@@ -52,7 +52,35 @@ class FinetuneResult:
 
 def run(recipe_path, *, profile: str | None = None, overrides=()) -> FinetuneResult:
     recipe = load_recipe(recipe_path, profile=profile, overrides=list(overrides))
-    return train(recipe, provenance={"recipe_path": str(recipe_path), "profile": profile, "overrides": list(overrides)})
+    provenance = {"recipe_path": str(recipe_path), "profile": profile, "overrides": list(overrides)}
+    if recipe.ensemble:
+        return train_ensemble(recipe, provenance=provenance)
+    return train(recipe, provenance=provenance)
+
+
+def train_ensemble(recipe: Recipe, *, provenance: dict, on_step=None) -> FinetuneResult:
+    """Train each member of `recipe.ensemble` in turn (OUT/members/<k>/, each an ordinary resumable
+    run), then publish OUT/model (llamakit/train/ensemble.py) and OUT/train_summary.json."""
+    from llamakit.train import ensemble
+
+    out = Path(recipe.out)
+    results = []
+    for k, member in enumerate(recipe.members(), start=1):
+        res = train(member, provenance={**provenance, "member": k}, on_step=on_step)
+        if res.interrupted:
+            return res  # its summary line says where it stopped; the same command resumes there
+        results.append(res)
+    last = results[-1]
+    tokens = sum(r.tokens for r in results)
+    train_s = sum(r.tokens / r.tokens_per_s for r in results if r.tokens_per_s)
+    result = FinetuneResult(out, sum(r.step for r in results), sum(r.total_steps for r in results), last.final_loss,
+                            tokens / train_s if train_s else 0.0, sum(r.wall_s for r in results), False,
+                            results[0].resumed_from, last.rank, last.world, last.dev, tokens)
+    if last.rank == 0:
+        ensemble.publish(out, recipe)
+        members = [ensemble.member_summary(out, k) for k in range(1, len(results) + 1)]
+        write_json_atomic(out / "train_summary.json", summarize_ensemble(recipe, provenance, members))
+    return result
 
 
 def plan_epochs(recipe: Recipe, lengths: list[int]) -> list[list[list[int]]]:
@@ -70,8 +98,13 @@ def plan_epochs(recipe: Recipe, lengths: list[int]) -> list[list[list[int]]]:
 
 
 def train(recipe: Recipe, *, provenance: dict | None = None, on_step=None) -> FinetuneResult:
-    """Run `recipe`. `on_step(position)` (optional) is called after every optimizer step: the
-    benchmark times steps with it exactly as it times the Trainer's."""
+    """Run `recipe` (one model; `run` hands ensembles to llamakit/train/ensemble.py). `on_step(position)`
+    (optional) is called after every optimizer step: the benchmark times steps with it exactly as it
+    times the Trainer's."""
+    if recipe.ensemble:
+        from llamakit.errors import UsageError
+
+        raise UsageError("train() runs one model; this recipe is an ensemble", fix="call finetune.run, or train each of recipe.members()")
     t_start = time.perf_counter()
     out = Path(recipe.out)
     model_dir = Path(recipe.model)

@@ -128,6 +128,30 @@ def summarize(recipe, dist, det, split, labels, result, fingerprint, provenance,
     }
 
 
+def summarize_ensemble(recipe, provenance: dict, members: list[dict]) -> dict:
+    """An ensemble run's train_summary.json: the members' own summaries, and their totals where a report looks."""
+    first = members[0]
+    tokens = sum(m.get("tokens", 0) for m in members)
+    train_s = sum(m.get("train_s", 0.0) for m in members)
+    return {
+        "recipe": recipe.resolved(),
+        **provenance,
+        "ensemble": len(members),
+        "seeds": {f"member {k}": m.get("seeds") for k, m in enumerate(members, start=1)},
+        "fingerprint": "+".join(str(m.get("fingerprint")) for m in members),
+        **{k: first.get(k) for k in ("threads", "deterministic", "device", "world_size", "backend", "versions", "data_order")},
+        "steps": sum(m.get("steps", 0) for m in members),
+        "total_steps": sum(m.get("total_steps", 0) for m in members),
+        "tokens": tokens,
+        "final_loss": [m.get("final_loss") for m in members],
+        "wall_s": round(sum(m.get("wall_s", 0.0) for m in members), 3),
+        "train_s": round(train_s, 3),
+        "tokens_per_s": round(tokens / train_s, 3) if train_s else 0.0,
+        "dev": [m.get("dev") for m in members],
+        "members": members,
+    }
+
+
 def write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

@@ -76,6 +76,10 @@ class Recipe(BaseModel):
     stop_after_steps: Optional[int] = Field(None, ge=1)
     log_every: int = Field(10, ge=1)
     eval_sentences: int = Field(0, ge=0)
+    # an ensemble: one member per entry, each this recipe with the entry's keys on top, trained one
+    # after another into OUT/members/<k>/ and published as one OUT/model that `llamakit evaluate`
+    # scores by the mean of the members' per-word probabilities (llamakit/train/ensemble.py)
+    ensemble: list[dict[str, Any]] = []
 
     def resolved(self) -> dict:
         return json.loads(self.model_dump_json())
@@ -83,10 +87,32 @@ class Recipe(BaseModel):
     def schedule_fingerprint(self) -> str:
         """Hash of everything that fixes the trajectory; a checkpoint only resumes a run with the
         same one. The data is checked by its sha256 instead of its path; paths, logging, checkpoint cadence, the interruption knob and the machine (device,
-        threads: they change rounding, not the recipe) do not change it."""
-        skip = {"data", "out", "checkpoint_every", "keep_checkpoints", "resume", "stop_after_steps", "log_every", "eval_sentences", "device", "threads", "deterministic"}
+        threads: they change rounding, not the recipe) do not change it. An ensemble's members
+        each have their own."""
+        skip = {"ensemble", "data", "out", "checkpoint_every", "keep_checkpoints", "resume", "stop_after_steps", "log_every", "eval_sentences", "device", "threads", "deterministic"}
         data = {k: v for k, v in self.resolved().items() if k not in skip}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def members(self) -> list["Recipe"]:
+        """The ensemble's member recipes (OUT/members/<k>, k from 1); [] for a single model."""
+        base = {k: v for k, v in self.resolved().items() if k != "ensemble"}
+        out = []
+        for k, extra in enumerate(self.ensemble, start=1):
+            fixed = sorted(set(extra) & MEMBER_FIXED)
+            if fixed:
+                raise UsageError(f"ensemble member {k} sets {', '.join(fixed)}, which every member shares",
+                                 fix="set those keys outside `ensemble:`; a member may change training keys only")
+            merged = _deep_merge(base, extra)
+            merged["out"] = str(Path(self.out) / "members" / str(k))
+            try:
+                out.append(Recipe.model_validate(merged))
+            except ValidationError as exc:
+                raise ManifestError(f"ensemble member {k}: {_explain(exc).removeprefix('invalid recipe: ')}", fix=_fix_hint(exc)) from exc
+        return out
+
+
+# paths and the ensemble itself are the run's, not a member's
+MEMBER_FIXED = {"model", "data", "out", "ensemble"}
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -157,9 +183,16 @@ def load_recipe(path: str | Path, *, profile: str | None = None, overrides: list
         keys, value = _parse_override(item)
         _set_path(merged, keys, value)
     try:
-        return Recipe.model_validate(merged)
+        recipe = Recipe.model_validate(merged)
     except ValidationError as exc:
         raise ManifestError(_explain(exc), path=path, fix=_fix_hint(exc)) from exc
+    try:
+        recipe.members()  # a member's typo fails here, before the first member trains for an hour
+    except ManifestError as exc:
+        raise ManifestError(exc.message, path=path, fix=exc.fix) from None
+    except UsageError as exc:
+        raise UsageError(exc.message, path=path, fix=exc.fix) from None
+    return recipe
 
 
 def _explain(exc: ValidationError) -> str:
