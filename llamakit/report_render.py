@@ -48,9 +48,13 @@ def _prov_rows(rep: "Report") -> list[tuple[str, str]]:
         ("GPU", ", ".join(mach.get("gpus") or []) or "none"),
         ("platform", f"{mach.get('platform')}, Python {mach.get('python')}"),
     ]
-    for k in ("steps", "tokens_per_s", "final_loss", "wall_s"):
+    labels = {"wall_s": "train wall_s (this invocation)", "train_s": "train train_s (training loop, across resumes)"}
+    for k in ("steps", "tokens_per_s", "final_loss", "wall_s", "train_s"):
         if k in train:
-            rows.append((f"train {k}", str(train[k])))
+            rows.append((labels.get(k, f"train {k}"), str(train[k])))
+    for m in train.get("members") or []:
+        rows.append((f"ensemble member {m['member']}", f"overrides {json.dumps(m.get('overrides'))}: {m.get('steps')} steps, "
+                     f"train_s {m.get('train_s')}, final loss {m.get('final_loss')}, resumed from step {m.get('resumed_from_step')}"))
     return rows
 
 

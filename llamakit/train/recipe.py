@@ -88,9 +88,12 @@ class Recipe(BaseModel):
         """Hash of everything that fixes the trajectory; a checkpoint only resumes a run with the
         same one. The data is checked by its sha256 instead of its path; paths, logging, checkpoint cadence, the interruption knob and the machine (device,
         threads: they change rounding, not the recipe) do not change it. An ensemble's members
-        each have their own."""
+        each have their own. A key added after checkpoints existed counts only when set away from
+        its default (which reproduces the behaviour from before the key), so upgrading llamakit does
+        not orphan a run's checkpoints."""
         skip = {"ensemble", "data", "out", "checkpoint_every", "keep_checkpoints", "resume", "stop_after_steps", "log_every", "eval_sentences", "device", "threads", "deterministic"}
-        data = {k: v for k, v in self.resolved().items() if k not in skip}
+        data = {k: v for k, v in self.resolved().items()
+                if k not in skip and not (k in ADDED_LATER and v == Recipe.model_fields[k].default)}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def members(self) -> list["Recipe"]:
@@ -110,6 +113,9 @@ class Recipe(BaseModel):
                 raise ManifestError(f"ensemble member {k}: {_explain(exc).removeprefix('invalid recipe: ')}", fix=_fix_hint(exc)) from exc
         return out
 
+
+# recipe keys added after the first checkpoints were written; see Recipe.schedule_fingerprint
+ADDED_LATER = {"pack_documents"}
 
 # paths and the ensemble itself are the run's, not a member's
 MEMBER_FIXED = {"model", "data", "out", "ensemble"}

@@ -141,3 +141,12 @@ def test_an_ensemble_manifest_pointing_outside_is_refused(tmp_path, tiny_classif
     (d / ensemble.MANIFEST).write_text("{not json")
     with pytest.raises(InputFileError, match="not a readable ensemble manifest"):
         ensemble.member_dirs(d)
+
+
+def test_report_provenance_names_each_member(trained):
+    tmp, _ = trained
+    train = report._train_provenance(tmp / "ens")
+    assert train["ensemble"] == 2
+    assert [(m["member"], m["overrides"]) for m in train["members"]] == [(1, MEMBERS[0]), (2, MEMBERS[1])]
+    assert train["steps"] == sum(m["steps"] for m in train["members"])
+    assert all(m["train_s"] > 0 and m["fingerprint"] for m in train["members"])

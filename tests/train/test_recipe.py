@@ -76,8 +76,22 @@ def test_fingerprint_tracks_the_trajectory_not_the_bookkeeping(tmp_path):
     p = write(tmp_path, BASE)
     base = load_recipe(p).schedule_fingerprint()
     assert load_recipe(p, overrides=["out=elsewhere", "checkpoint_every=7", "threads=1", "stop_after_steps=3"]).schedule_fingerprint() == base
-    for change in ("lr=2e-4", "seed=1", "max_tokens_per_batch=512", "bidirectional=false", "lora.r=2"):
+    for change in ("lr=2e-4", "seed=1", "max_tokens_per_batch=512", "bidirectional=false", "lora.r=2", "pack_documents=64"):
         assert load_recipe(p, overrides=[change]).schedule_fingerprint() != base, change
+
+
+def test_a_key_added_later_at_its_default_keeps_older_checkpoints_resumable(tmp_path):
+    """A checkpoint written before `pack_documents` existed carries the hash of a recipe without
+    that key; the same recipe today (the key at 0, which trains exactly as before) must match it."""
+    import hashlib
+    import json
+
+    recipe = load_recipe(write(tmp_path, BASE))
+    skip = {"ensemble", "data", "out", "checkpoint_every", "keep_checkpoints", "resume", "stop_after_steps", "log_every",
+            "eval_sentences", "device", "threads", "deterministic", "pack_documents"}
+    before = {k: v for k, v in recipe.resolved().items() if k not in skip}
+    assert "lr" in before and "pack_documents" not in before
+    assert recipe.schedule_fingerprint() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def test_canonical_recipe_and_profiles_validate():
