@@ -60,7 +60,6 @@ def _torch_dtype(dtype: str | None):
 def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", check=True, force=False,
             show_progress=True, layerwise_check=None) -> ConvertResult:
     """Convert SRC (Meta dir, HF dir or .gguf) to DST (`to` = 'hf' | 'meta'), streaming, then prove equality."""
-    from llamakit.convert import check as checkmod
     from llamakit.convert import detect, hf, meta, output
 
     t0 = time.perf_counter()
@@ -77,7 +76,8 @@ def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", che
     output.sweep(dst)
     output.check_destination(dst, force=force)  # before any expensive work
 
-    source = detect.open_source(src)
+    # A Meta -> HF conversion that neither casts nor checks only copies bytes: it never needs torch.
+    source = detect.open_source(src, torch_free=to == "hf" and cast is None and not check)
     arch = source.arch
     mp_out = mp or (source.mp if source.fmt == "meta" else 1)
     if to == "meta":
@@ -104,6 +104,8 @@ def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", che
             files += _hf_configs(source, tmp, arch, hf.main_dtype(source, cast))
         report = None
         if check:
+            from llamakit.convert import check as checkmod
+
             t = time.perf_counter()
             report = checkmod.compare(source, tmp, to, cast=real_cast, layerwise=layerwise_check, report_path=dst)
             timings["check_s"] = round(time.perf_counter() - t, 3)

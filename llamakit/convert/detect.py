@@ -100,13 +100,14 @@ def _with_catalog(source) -> list[str]:
     return [r.name for r in matches]
 
 
-def open_source(src: Path):
-    """The source object for SRC, with its generation settled from every clue the files give."""
+def open_source(src: Path, *, torch_free: bool = False):
+    """The source object for SRC, with its generation settled from every clue the files give.
+    `torch_free`: a Meta source plans from its zip records without importing torch (see MetaSource)."""
     fmt, path = detect_format(src)
     if fmt == "meta":
         from llamakit.convert.meta import MetaSource
 
-        source = MetaSource(path)
+        source = MetaSource(path, torch_free=torch_free)
         tok = find_meta_tokenizer(path)
         kind = tokenizer_kind(tok) if tok else None
         if source.mp == 1 and kind:  # with one shard the embedding split is invisible: the tokenizer says which code

@@ -174,7 +174,7 @@ def write_safetensors(path: Path, specs: list[tuple[str, tuple[int, ...], "torch
             else:
                 got = 0
                 for part in parts:
-                    if part.dtype != dtype:
+                    if dtype_name(part.dtype) != dtype_name(dtype):  # a torch-free source plans pth_index.DTypes
                         raise AssertionError(f"{path.name}: got {name} {part.dtype}, planned {dtype}")
                     data = tensor_bytes(part)
                     pwrite_all(fd, data, at + got)
@@ -196,7 +196,7 @@ def _copy_spans(copier: SpanCopier, spans: list[FileSpan], fd: int, at: int) -> 
 def verify_safetensors(path: Path, specs: list[tuple[str, tuple[int, ...], "torch.dtype"]]) -> None:
     from safetensors import safe_open
 
-    with safe_open(path, framework="pt") as st:
+    with safe_open(path, framework="numpy") as st:  # shapes and dtypes only: no need to import torch
         got = {k: (tuple(st.get_slice(k).get_shape()), st.get_slice(k).get_dtype()) for k in st.keys()}
     want = {n: (tuple(s), _ST_DTYPES[dtype_name(d)]) for n, s, d in specs}
     if got != want:
@@ -255,7 +255,7 @@ def write_hf(source, out: Path, *, dtype, max_shard_size, progress: Callable[[st
 def _hf_parts(source, e: Entry, rule, rows: int, dtype, head_dim: int):
     for part in source.parts(e.name, rows):
         part = keymap.to_hf_layout(rule, part, head_dim)
-        yield part if part.dtype == dtype else part.to(dtype)
+        yield part if dtype_name(part.dtype) == dtype_name(dtype) else part.to(dtype)
 
 
 def main_dtype(source, dtype) -> str:

@@ -115,17 +115,18 @@ def split_dim(rule: Rule, *, legacy_embedding: bool) -> int | None:
 # Meta rotates adjacent pairs (x0,x1),(x2,x3)... of each head (view_as_complex); HF's
 # rotate_half pairs x_j with x_{j+d/2}. Moving row 2j+c of a head to row c*d/2+j converts
 # one to the other exactly. It acts on each head alone, so it needs only the head size:
-# q (n_heads heads), k (n_kv_heads under GQA) and any block of whole heads all work alike.
+# q (n_heads heads), k (n_kv_heads under GQA) and any block of whole heads all work alike, on
+# torch tensors and numpy arrays alike (reshape + swapaxes).
 
 
 def interleaved_to_half(w: "torch.Tensor", n_heads: int) -> "torch.Tensor":
     out, rest = w.shape[0], w.shape[1:]
-    return w.reshape(n_heads, out // n_heads // 2, 2, *rest).transpose(1, 2).reshape(out, *rest)
+    return w.reshape(n_heads, out // n_heads // 2, 2, *rest).swapaxes(1, 2).reshape(out, *rest)
 
 
 def half_to_interleaved(w: "torch.Tensor", n_heads: int) -> "torch.Tensor":
     out, rest = w.shape[0], w.shape[1:]
-    return w.reshape(n_heads, 2, out // n_heads // 2, *rest).transpose(1, 2).reshape(out, *rest)
+    return w.reshape(n_heads, 2, out // n_heads // 2, *rest).swapaxes(1, 2).reshape(out, *rest)
 
 
 def to_hf_layout(rule: Rule, w: "torch.Tensor", head_dim: int) -> "torch.Tensor":
@@ -140,7 +141,8 @@ def from_hf_layout(rule: Rule, w: "torch.Tensor", head_dim: int) -> "torch.Tenso
 
 def hf_row_order(rule: Rule, n_rows: int, head_dim: int) -> list[int]:
     """Row i of the HF tensor is row order[i] of the Meta one: `to_hf_layout` applied to the row numbers,
-    so a writer that moves whole rows (copy_file_range) permutes exactly as the tensor path does."""
-    import torch
+    so a writer that moves whole rows (copy_file_range) permutes exactly as the tensor path does. (numpy,
+    not torch: the same reshapes, and a byte-copying conversion never has to import torch.)"""
+    import numpy as np
 
-    return to_hf_layout(rule, torch.arange(n_rows).unsqueeze(1), head_dim).squeeze(1).tolist()
+    return to_hf_layout(rule, np.arange(n_rows).reshape(n_rows, 1), head_dim).reshape(n_rows).tolist()

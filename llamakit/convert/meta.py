@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Callable
 from llamakit.convert import keymap
 from llamakit.convert.arch import Arch, meta_ffn_dim, validate_params_json
 from llamakit.convert.output import FileSpan, coalesce
-from llamakit.convert.pth import PthWriter, file_offsets, load_pth, prefetch, release
+from llamakit.convert.pth import PthWriter, load_pth, prefetch, release
+from llamakit.convert.pth_index import read_index
 from llamakit.errors import ConversionError, InputFileError
 
 if TYPE_CHECKING:
@@ -148,21 +149,55 @@ def expected_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _same_bytes(files: list[Path], recs, name: str, where: Path, chunk: int = 16 << 20) -> None:
+    """A replicated tensor's copies must agree byte for byte (read in chunks; they are norms, small)."""
+    import os
+
+    fds = [os.open(f, os.O_RDONLY) for f in files]
+    try:
+        for a in range(0, recs[0].nbytes, chunk):
+            n = min(chunk, recs[0].nbytes - a)
+            first = os.pread(fds[0], n, recs[0].offset + a)
+            for r, (fd, rec) in enumerate(zip(fds[1:], recs[1:]), 1):
+                if os.pread(fd, n, rec.offset + a) != first:
+                    raise ConversionError(f"replicated tensor '{name}' differs between consolidated.00 and .{r:02d}",
+                                          path=where, fix="the shards come from different checkpoints")
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 class MetaSource:
     """A Meta checkpoint directory, read lazily: each tensor merged from its shards on demand."""
 
     fmt = "meta"
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *, torch_free: bool = False):
+        """`torch_free`: plan from the zip records alone (llamakit/convert/pth_index.py) and give entries
+        `pth_index.DType`s, for a conversion that only copies bytes (`spans`); torch is then imported only
+        if tensors are asked for after all. Otherwise every shard is also loaded by torch.load up front."""
         self.path = Path(directory)
         files = shard_files(self.path)
         self.params = validate_params_json(self.path / "params.json")
         self._files = files
-        self._shards = [load_pth(f) for f in files]
-        self._offsets: list[dict[str, int] | None] | None = None
-        shapes = [{k: (tuple(t.shape), t.dtype) for k, t in s.items()} for s in self._shards]
+        self._index = [read_index(f) for f in files]
+        self._loaded = None if torch_free else [load_pth(f) for f in files]
+        if torch_free:
+            shapes = [{k: (r.shape, r.dtype) for k, r in ix.items()} for ix in self._index]
+        else:
+            shapes = [{k: (tuple(t.shape), t.dtype) for k, t in s.items()} for s in self._loaded]
+            for f, ix, sh in zip(files, self._index, shapes):
+                if {k: r.shape for k, r in ix.items()} != {k: v[0] for k, v in sh.items()}:
+                    raise InputFileError("the zip records and torch.load disagree on the tensors", path=f,
+                                         fix="re-download it and check it against checklist.chk (`llamakit verify`)")
         self.plan = plan_shards(self.params, shapes, where=self.path)
         self.arch, self.mp = self.plan.arch, self.plan.mp
+
+    @property
+    def _shards(self) -> list[dict[str, "torch.Tensor"]]:
+        if self._loaded is None:
+            self._loaded = [load_pth(f) for f in self._files]
+        return self._loaded
 
     def entries(self) -> list[Entry]:
         return self.plan.entries
@@ -215,23 +250,23 @@ class MetaSource:
 
     def spans(self, name: str, order: list[int] | None = None) -> list[FileSpan] | None:
         """The merged tensor's bytes as ranges of the shard files, in output order, for writers to move with
-        copy_file_range instead of through memory.
+        copy_file_range instead of through memory. Read from the zip records alone (no tensor is touched).
 
-        A dim-0 split is shard 0's rows, then shard 1's, ...; a replicated tensor is shard 0's copy; a
-        dim-1 split is each row's pieces side by side. `order` reorders the merged rows (row i of the
-        output is row order[i]: the rotary permutation). Adjacent ranges are merged. None when the
-        files' layout could not be confirmed."""
+        A dim-0 split is shard 0's rows, then shard 1's, ...; a replicated tensor is shard 0's copy (the
+        others must hold the same bytes); a dim-1 split is each row's pieces side by side. `order` reorders
+        the merged rows (row i of the output is row order[i]: the rotary permutation). Adjacent ranges are
+        merged. None when a piece is not stored contiguously (callers then copy the slow way)."""
         d = self.plan.split_dims[name]
-        if self._offsets is None:
-            self._offsets = [file_offsets(f, s) for f, s in zip(self._files, self._shards)]
-        if any(o is None for o in self._offsets):
+        recs = [ix[name] for ix in self._index]
+        if not all(r.contiguous for r in recs):
             return None
-        pieces = self._pieces(name)
-        release(pieces[0])  # the equality check of a replicated tensor touched its pages
-        where = [(f, offs[name], p.numel() * p.element_size()) for f, offs, p in zip(self._files, self._offsets, pieces)]
+        if d is None:
+            _same_bytes(self._files, recs, name, self.path)
+            recs = recs[:1]
+        where = [(f, r.offset, r.nbytes) for f, r in zip(self._files, recs)]
         if order is None and d in (None, 0):
             return [FileSpan(*w) for w in where]
-        rows = pieces[0].shape[0]
+        rows = recs[0].shape[0]
         if d in (None, 0):
             step = where[0][2] // rows
             merged = order if order is not None else range(rows * len(where))

@@ -58,41 +58,6 @@ def load_pth(path: Path) -> dict[str, "torch.Tensor"]:
     return obj
 
 
-def file_offsets(path: Path, tensors: dict[str, "torch.Tensor"]) -> dict[str, int] | None:
-    """Where each contiguous tensor's bytes start in the checkpoint file `tensors` was `load_pth`ed from.
-
-    torch's mmap'd weights-only load maps the whole file once and views each stored record from that
-    mapping, so a tensor's address minus the mapping's start is its file offset. The start is
-    found from the lowest record and every tensor is then checked against the zip's records
-    and a sample of its bytes; anything unexpected answers None (callers then copy the slow way)."""
-    try:
-        offs = set()
-        with open(path, "rb") as fh, zipfile.ZipFile(fh) as zf:
-            for zi in zf.infolist():
-                if "/data/" in zi.filename and zi.compress_type == zipfile.ZIP_STORED:
-                    fh.seek(zi.header_offset)
-                    head = fh.read(30)
-                    offs.add(zi.header_offset + 30 + sum(struct.unpack("<HH", head[26:30])))
-        if not offs or not tensors:
-            return None
-        base = min(t.untyped_storage().data_ptr() for t in tensors.values()) - min(offs)
-        out = {}
-        with open(path, "rb") as fh:
-            for name, t in tensors.items():
-                record = t.untyped_storage().data_ptr() - base
-                if record not in offs or not t.is_contiguous():
-                    return None
-                out[name] = record + t.storage_offset() * t.element_size()
-                data, n = tensor_bytes(t), t.numel() * t.element_size()
-                k = min(64, n)
-                if os.pread(fh.fileno(), k, out[name]) != bytes(data[:k]) or \
-                        os.pread(fh.fileno(), k, out[name] + n - k) != bytes(data[n - k:]):
-                    return None
-        return out
-    except (OSError, ValueError, zipfile.BadZipFile, struct.error):
-        return None
-
-
 # --- mapping pages in, and giving them back ----------------------------------------
 
 _MADV_DONTNEED, _MADV_POPULATE_READ = 4, 22

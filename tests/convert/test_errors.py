@@ -40,10 +40,11 @@ def meta2(tmp_path):
     return src
 
 
-def test_truncated_shard(tmp_path, meta2, monkeypatch, capsys):
+@pytest.mark.parametrize("extra", [[], ["--no-check"]])  # --no-check reads the zip records without torch
+def test_truncated_shard(tmp_path, meta2, monkeypatch, capsys, extra):
     data = (meta2 / "consolidated.01.pth").read_bytes()
     (meta2 / "consolidated.01.pth").write_bytes(data[: len(data) * 2 // 3])
-    code, err = run_cli(monkeypatch, capsys, meta2, tmp_path / "out")
+    code, err = run_cli(monkeypatch, capsys, meta2, tmp_path / "out", *extra)
     assert_refused(tmp_path, code, err, mentions=("consolidated.01.pth", "truncated"))
 
 
@@ -52,11 +53,12 @@ class _Payload:
         return (shutil.rmtree, ("/nonexistent-llamakit-victim",))
 
 
-def test_malicious_pickle(tmp_path, meta2, monkeypatch, capsys):
+@pytest.mark.parametrize("extra", [[], ["--no-check"]])
+def test_malicious_pickle(tmp_path, meta2, monkeypatch, capsys, extra):
     shard = torch.load(meta2 / "consolidated.00.pth", weights_only=True)
     shard["layers.0.attention.wq.weight"] = _Payload()
     torch.save(shard, meta2 / "consolidated.00.pth")
-    code, err = run_cli(monkeypatch, capsys, meta2, tmp_path / "out")
+    code, err = run_cli(monkeypatch, capsys, meta2, tmp_path / "out", *extra)
     assert_refused(tmp_path, code, err, mentions=("consolidated.00.pth", "refusing to unpickle"))
 
 

@@ -12,7 +12,7 @@ from convert_helpers import write_meta_checkpoint
 
 from llamakit.convert import convert
 from llamakit.convert.meta import MetaSource
-from llamakit.convert.pth import file_offsets, load_pth, tensor_bytes
+from llamakit.convert.pth import tensor_bytes
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "copy_file_range"), reason="needs os.copy_file_range (Linux)")
 
@@ -21,14 +21,15 @@ def _digests(d) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.glob("*.safetensors"))}
 
 
+@pytest.mark.parametrize("torch_free", [False, True])
 @pytest.mark.parametrize("shape,mp", [("gqa", 2), ("mha", 4), ("tied", 2), ("mha", 1)])
-def test_spans_hold_exactly_the_hf_layout_bytes(tmp_path, shape, mp):
+def test_spans_hold_exactly_the_hf_layout_bytes(tmp_path, shape, mp, torch_free):
     import torch
 
     from llamakit.convert import keymap
 
     src, _, shards = write_meta_checkpoint(tmp_path / "meta", shape, mp)
-    source = MetaSource(src)
+    source = MetaSource(src, torch_free=torch_free)
     for e in source.entries():
         rule, _ = keymap.lookup(e.name, "meta")
         order = keymap.hf_row_order(rule, e.shape[0], source.arch.head_dim) if rule.rope else None
@@ -47,14 +48,6 @@ def test_spans_hold_exactly_the_hf_layout_bytes(tmp_path, shape, mp):
             assert len(spans) == (1 if d is None else mp), e.name
         elif d == 1:
             assert len(spans) == (1 if mp == 1 else e.shape[0] * mp), e.name  # one shard: rows in order
-
-
-def test_file_offsets_refuses_tensors_that_are_not_views_of_the_file(tmp_path):
-    src, _, shards = write_meta_checkpoint(tmp_path / "meta", "mha", 2)
-    f = src / "consolidated.00.pth"
-    assert file_offsets(f, load_pth(f)) is not None
-    assert file_offsets(f, {k: v.clone() for k, v in shards[0].items()}) is None  # ordinary memory
-    assert file_offsets(f, load_pth(src / "consolidated.01.pth")) is None  # another file's mapping
 
 
 def test_kernel_copy_fallback_and_slow_path_write_identical_files(tmp_path, monkeypatch):
@@ -77,8 +70,8 @@ def test_kernel_copy_fallback_and_slow_path_write_identical_files(tmp_path, monk
     fallback = convert(src, tmp_path / "fallback", check=True, show_progress=False)  # pread/write, then the logit check
     assert fallback.check["max_abs"] <= fallback.check["tol"]
 
-    monkeypatch.setattr("llamakit.convert.meta.file_offsets", lambda *_a: None)
-    slow = convert(src, tmp_path / "slow", check=False, show_progress=False)
+    monkeypatch.setattr(MetaSource, "spans", lambda *_a: None)  # as for a piece stored non-contiguously
+    slow = convert(src, tmp_path / "slow", check=False, show_progress=False)  # torch-free plan, tensors after all
     assert _digests(tmp_path / "fast")
     assert _digests(tmp_path / "fast") == _digests(tmp_path / "fallback") == _digests(tmp_path / "slow")
 
