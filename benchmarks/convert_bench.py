@@ -18,8 +18,9 @@ start and imports included) and peak RSS is the child's ru_maxrss (which counts 
 pages of mmap'd files too). Outputs of llamakit and transformers are compared tensor by
 tensor at the end. Every run starts after os.sync(), so none pays for the writeback of the
 previous one's output; llamakit fsyncs its own output before the rename (its atomic commit),
-transformers does not. llamakit --no-check and transformers run --runs times, interleaved; the
-ratio is of the median walls.
+transformers does not. cp, cp + fsync, llamakit --no-check and transformers run --runs times,
+interleaved (this VM's disk is noisy, and a deleted 2 GB output is discarded on the next journal
+commit, which slows whatever writes next); every ratio is of median walls.
 
     .venv/bin/python benchmarks/convert_bench.py --work /work/scratch/convert-bench \\
         --tf-python /work/scratch/venv-tf446/bin/python
@@ -170,12 +171,16 @@ def main() -> None:
     warm(shards + sorted(str(p) for p in small.glob("consolidated.*.pth")))
 
     r = {}
-    fresh(w / "out-cp").mkdir()
-    r["cp"] = measure(["cp", *shards, str(w / "out-cp")])
     fsync = "import os, sys\nfor p in sys.argv[1:]:\n    fd = os.open(p, os.O_RDONLY); os.fsync(fd); os.close(fd)"
-    fresh(w / "out-cp").mkdir()
-    r["cp+fsync"] = measure(["sh", "-c", f'cp "$@" {w / "out-cp"} && {sys.executable} -c "{fsync}" {w / "out-cp"}/*', "sh",
-                             *shards])
+
+    def cp_runs() -> tuple[dict, dict]:
+        fresh(w / "out-cp").mkdir()
+        plain = measure(["cp", *shards, str(w / "out-cp")])
+        fresh(w / "out-cp").mkdir()
+        synced = measure(["sh", "-c", f'cp "$@" {w / "out-cp"} && {sys.executable} -c "{fsync}" {w / "out-cp"}/*', "sh",
+                          *shards])
+        return plain, synced
+
     r["llamakit (check on)"] = measure([*llamakit, str(big), str(fresh(w / "out-lk-check")), "--json"], env=env)
     r["llamakit small --no-check"] = measure([*llamakit, str(small), str(fresh(w / "out-lk-small")), "--no-check", "--json"],
                                              env=env)
@@ -186,14 +191,17 @@ def main() -> None:
     r["llamakit --no-check, cold cache"] = measure([*llamakit, str(big), str(fresh(w / "out-lk-cold")), "--no-check",
                                                     "--json"], env=env)
     warm(shards)
-    pairs = []
-    for _ in range(args.runs):  # interleaved, so drift in the machine's load hits both sides alike
+    pairs, cps = [], []
+    for _ in range(args.runs):  # interleaved, so drift in the machine's load and disk hits every side alike
+        cps.append(cp_runs())
         lk_run = measure([*llamakit, str(big), str(fresh(w / "out-lk")), "--no-check", "--json"], env=env)
         tf_run = measure(
             [args.tf_python, "-m", "transformers.models.llama.convert_llama_weights_to_hf", "--input_dir", str(big),
              "--output_dir", str(fresh(w / "out-tf")), "--num_shards", "2", "--llama_version", "2"], env=env)
         pairs.append((lk_run, tf_run))
     median = lambda runs: sorted(runs, key=lambda x: x["wall_s"])[len(runs) // 2]  # noqa: E731
+    r["cp"] = median([c[0] for c in cps])
+    r["cp+fsync"] = median([c[1] for c in cps])
     r["llamakit --no-check"] = median([p[0] for p in pairs])
     r["transformers 4.46.3"] = median([p[1] for p in pairs])
     identical = same_tensors(w / "out-lk", w / "out-tf")

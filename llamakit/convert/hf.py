@@ -187,9 +187,7 @@ def write_safetensors(path: Path, specs: list[tuple[str, tuple[int, ...], "torch
 
 
 def _copy_spans(copier: SpanCopier, spans: list[FileSpan], fd: int, at: int) -> None:
-    for s in spans:
-        copier.copy(s, fd, at)
-        at += s.nbytes
+    copier.copy_all(spans, fd, at)
     start_writeback(fd)
 
 
