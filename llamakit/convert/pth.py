@@ -1,6 +1,7 @@
 """Meta's consolidated.NN.pth files: safe lazy reading, and streaming writing in torch.save's zip format.
 
-Reading is `torch.load(mmap=True, weights_only=True)` only: tensors stay in the page cache
+(Where the tensors lie in the file, without torch, is llamakit/convert/pth_index.py.)
+Reading tensors is `torch.load(mmap=True, weights_only=True)` only: they stay in the page cache
 until touched, and a pickle that asks for anything beyond tensors is refused. Touched
 pages of a read-only mapping still count toward RSS until unmapped, so `release()` hands
 them back once a tensor has been consumed; that is what keeps peak memory at a few

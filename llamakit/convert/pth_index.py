@@ -99,8 +99,10 @@ def read_index(path: Path) -> dict[str, TensorRecord]:
             archive = pkl[0].split("/")[0]
             try:
                 obj = _Unpickler(io.BytesIO(zf.read(pkl[0]))).load()
-            except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, EOFError) as exc:
+            except pickle.UnpicklingError as exc:
                 raise UnsafeCheckpointError(path, f"the pickle needs more than tensors ({str(exc)[:160]})") from None
+            except (AttributeError, TypeError, ValueError, EOFError, IndexError, KeyError) as exc:
+                raise zipfile.BadZipFile(f"data.pkl is not a tensor-only pickle ({type(exc).__name__}: {str(exc)[:120]})") from None
             if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, _Tensor) for k, v in obj.items()):
                 raise InputFileError("expected a flat dict of tensors (a Meta consolidated checkpoint)", path=path)
             out = {}
