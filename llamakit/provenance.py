@@ -21,13 +21,14 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from llamakit import atomic
 
 TIMINGS_DIR = Path("work/timings")
 
@@ -37,28 +38,6 @@ PIPELINE_WRITES = ("dvc.lock", "reports/")
 
 PACKAGES = ("llamakit", "torch", "transformers", "tokenizers", "huggingface-hub", "safetensors", "gguf",
             "peft", "accelerate", "seqeval", "scikit-learn", "numpy", "dvc", "dvclive", "pydantic")
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write to a temporary sibling, fsync, then rename: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _git(args: list[str], cwd: Path) -> Optional[str]:
@@ -235,7 +214,7 @@ def time_command(stage: str, cmd: list[str], directory: str | Path = TIMINGS_DIR
     wall = time.perf_counter() - wall0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if code == 0 and captured is not None:
-        atomic_write_bytes(stdout, captured)
+        atomic.write_bytes(stdout, captured)
     if code == 0:
         rec = {
             "stage": stage,
@@ -247,7 +226,7 @@ def time_command(stage: str, cmd: list[str], directory: str | Path = TIMINGS_DIR
             # ru_maxrss is the largest child so far, in KiB on Linux.
             "peak_rss_mib": round(after.ru_maxrss / 1024, 1),
         }
-        atomic_write_text(Path(directory) / f"{stage}.json", json.dumps(rec, indent=2) + "\n")
+        atomic.write_json(Path(directory) / f"{stage}.json", rec)
     return code
 
 

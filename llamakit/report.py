@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from llamakit import provenance, results
+from llamakit import atomic, provenance, results
 from llamakit.errors import InputFileError, MetricFailure, ReproductionFailed, UsageError
 
 REPORT_SCHEMA = "llamakit/report/v1"
@@ -323,14 +323,14 @@ def write_report(rep: Report) -> list[Path]:
     out = rep.out_dir
     out.mkdir(parents=True, exist_ok=True)
     written = [
-        provenance.atomic_write_text(out / "report.json", json.dumps(rep.to_json(), indent=2, default=str) + "\n"),
-        provenance.atomic_write_text(out / "report.md", report_render.markdown(rep)),
-        provenance.atomic_write_text(out / "report.html", report_render.html(rep)),
-        provenance.atomic_write_text(out / "per_tag_f1.csv", _per_tag_csv(rep.plots["per_tag_f1"])),
+        atomic.write_text(out / "report.json", json.dumps(rep.to_json(), indent=2, default=str) + "\n"),
+        atomic.write_text(out / "report.md", report_render.markdown(rep)),
+        atomic.write_text(out / "report.html", report_render.html(rep)),
+        atomic.write_text(out / "per_tag_f1.csv", _per_tag_csv(rep.plots["per_tag_f1"])),
     ]
     if rep.plots["loss"]:
         text = "step\tloss\n" + "".join(f"{int(s) if s == int(s) else s}\t{v!r}\n" for s, v in rep.plots["loss"])
-        written.append(provenance.atomic_write_text(out / "loss.tsv", text))
+        written.append(atomic.write_text(out / "loss.tsv", text))
     rep.written = written
     return written
 

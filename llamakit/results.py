@@ -289,7 +289,7 @@ def _main(argv: list[str] | None = None) -> int:
     import datetime as _dt
     import json
 
-    from llamakit import provenance
+    from llamakit import atomic, provenance
 
     parser = argparse.ArgumentParser(prog="python -m llamakit.results")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -322,7 +322,7 @@ def _main(argv: list[str] | None = None) -> int:
     out = args.out or registry_dir() / f"{args.name}.yaml"
     header = ("# Recorded from a real pipeline run by `python -m llamakit.results record`; regenerate,\n"
               "# do not hand-edit values. Tolerance ~0: this entry is a determinism gate.\n")
-    provenance.atomic_write_text(out, header + yaml.safe_dump(doc, sort_keys=False, width=110, default_flow_style=None))
+    atomic.write_text(out, header + yaml.safe_dump(doc, sort_keys=False, width=110, default_flow_style=None))
     load_result_file(out)
     print(f"wrote {out}")
     return 0

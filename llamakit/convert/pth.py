@@ -19,7 +19,6 @@ import collections
 import hashlib
 import io
 import mmap
-import os
 import pickle
 import struct
 import sys

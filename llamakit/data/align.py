@@ -57,7 +57,7 @@ def tokenizer_content_sha256(model_dir: str | Path) -> str | None:
 
 def tokenizer_identity(model_dir: str | Path) -> tuple[str, str, dict[str, str]]:
     """(sha256, file it was taken from, {file: sha256}) for the tokenizer files in `model_dir`."""
-    from llamakit.data.atomic import sha256_file
+    from llamakit.atomic import sha256_file
 
     model_dir = Path(model_dir)
     files = {name: sha256_file(model_dir / name) for name in TOKENIZER_FILES if (model_dir / name).is_file()}

@@ -20,7 +20,7 @@ from typing import Iterator
 from pydantic import BaseModel, ValidationError
 
 from llamakit.data.align import WordTokenizer, align
-from llamakit.data.atomic import atomic_dir, sha256_file
+from llamakit.atomic import atomic_dir, sha256_file
 from llamakit.errors import CheckFailed, InputFileError, ManifestError, UsageError
 
 SPLITS = ("train", "valid", "test")

@@ -11,18 +11,15 @@ import errno
 import json
 import os
 import posixpath
-import tempfile
 from pathlib import Path
 
+from llamakit import atomic
 from llamakit.errors import DiskFullError, UnsafePathError
 
 STATE_DIR = ".llamakit"
 # Trees that belong to tools, not to the release: never "extra", never fetched into.
 IGNORED_DIRS = (STATE_DIR, ".cache", ".git", ".dvc")
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-# mkstemp makes 0600 files; what we write is not secret, so give it the usual mode.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def safe_relpath(path: str, *, source: str | None = None) -> str:
@@ -70,26 +67,11 @@ def disk_full(exc: OSError, path: str | Path) -> Exception:
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write to a temp name beside `path`, then rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """llamakit.atomic.write_bytes, a failed write turned into a typed error naming the file."""
     try:
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fchmod(f.fileno(), 0o666 & ~_UMASK)
-                if fsync:
-                    os.fsync(f.fileno())
-        except OSError as exc:
-            raise disk_full(exc, path) from exc
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        atomic.write_bytes(path, data, fsync=fsync)
+    except OSError as exc:
+        raise disk_full(exc, path) from exc
 
 
 def atomic_write_json(path: Path, obj, *, fsync: bool = True) -> None:

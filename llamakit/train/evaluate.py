@@ -69,7 +69,7 @@ def run(
         raise UsageError(f"unknown decoder {decode!r}", fix=f"use one of {', '.join(DECODERS)}")
     from llamakit.data import conll
     from llamakit.data.align import tokenizer_identity
-    from llamakit.data.atomic import atomic_dir, sha256_file
+    from llamakit.atomic import atomic_dir, sha256_file
     from llamakit.train import ensemble, metrics
     from llamakit.train.modeling import load_token_classifier
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from llamakit.train import checkpoint as ckpt
 from llamakit.train.components import Determinism, build_model, build_optimizer, check_model_dir, init_distributed, pick_device, unwrap
 from llamakit.train.data import IGNORE, Split, check_manifest, collate, epoch_batches, eval_batches, pack_split, read_labels, read_split
-from llamakit.train.outputs import export_model, summarize, summarize_ensemble, write_json_atomic
+from llamakit.atomic import write_json as write_json_atomic
+from llamakit.train.outputs import export_model, summarize, summarize_ensemble
 from llamakit.train.recipe import Recipe, load_recipe
 
 

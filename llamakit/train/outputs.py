@@ -150,9 +150,3 @@ def summarize_ensemble(recipe, provenance: dict, members: list[dict]) -> dict:
         "dev": [m.get("dev") for m in members],
         "members": members,
     }
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

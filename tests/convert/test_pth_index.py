@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 from convert_helpers import write_meta_checkpoint
+from test_pth import _Evil  # the same payload torch.load's weights-only mode is tested against
 
 from llamakit.convert import convert
 from llamakit.convert.pth_index import read_index
@@ -42,11 +43,6 @@ def test_records_match_torch_load_for_every_dtype_and_view(tmp_path):
         assert r.nbytes == t.numel() * t.element_size() and r.contiguous == t.is_contiguous(), name
         if r.contiguous:
             assert _bytes_at(tmp_path / "c.pth", r.offset, r.nbytes) == t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), name
-
-
-class _Evil:
-    def __reduce__(self):
-        return (os.system, ("touch pwned-by-pickle",))
 
 
 def test_anything_beyond_tensors_is_refused_without_running_it(tmp_path, monkeypatch):

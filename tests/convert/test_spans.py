@@ -96,7 +96,7 @@ def test_gathered_kernel_fallback_and_slow_paths_write_identical_files(tmp_path,
     assert fallback.check["max_abs"] <= fallback.check["tol"]
 
     monkeypatch.setattr(MetaSource, "spans", lambda *_a: None)  # as for a piece stored non-contiguously
-    slow = convert(src, tmp_path / "slow", check=False, show_progress=False)  # torch-free plan, tensors after all
+    convert(src, tmp_path / "slow", check=False, show_progress=False)  # torch-free plan, tensors after all
     assert _digests(tmp_path / "fast")
     assert _digests(tmp_path / "fast") == _digests(tmp_path / "kernel") == _digests(tmp_path / "short") \
         == _digests(tmp_path / "fallback") == _digests(tmp_path / "slow")

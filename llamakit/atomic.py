@@ -1,13 +1,17 @@
-"""Publish an output directory all at once: build it under a temporary sibling, then rename.
+"""Atomic writes: a file or a whole output directory is built under a temporary sibling, then renamed.
 
-A reader (DVC, the next stage, a person) either sees the previous complete directory or the new
-complete one, never a half-written mix. The sibling lives in the same parent so the final
-rename stays on one filesystem and is atomic.
+A reader (DVC, the next stage, a person, a resumed download) sees the previous complete file or
+directory or the new complete one, never a half-written mix. The sibling lives in the same parent
+so the final rename stays on one filesystem and is atomic. Files are fsynced before the rename
+unless the caller says the content is cheap to lose (resume bookkeeping).
+(llamakit/convert/output.py keeps its own staging for converted models: it must also survive a
+SIGKILL between two renames and sweep what dead runs left.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -15,6 +19,36 @@ from pathlib import Path
 from typing import Iterator
 
 from llamakit.errors import UsageError
+
+_UMASK = os.umask(0o022)  # read once at import (reading it means setting it), before any threads start
+os.umask(_UMASK)
+
+
+def write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> Path:
+    """Write `data` to a temporary sibling of `path` (fsynced), then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes it 0600; the result should look like any file
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str, *, fsync: bool = True) -> Path:
+    return write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def write_json(path: str | Path, obj, *, fsync: bool = True) -> Path:
+    return write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"), fsync=fsync)
 
 
 @contextlib.contextmanager
