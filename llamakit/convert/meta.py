@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +152,6 @@ def expected_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
 
 def _same_bytes(files: list[Path], recs, name: str, where: Path, chunk: int = 16 << 20) -> None:
     """A replicated tensor's copies must agree byte for byte (read in chunks; they are norms, small)."""
-    import os
-
     fds = [os.open(f, os.O_RDONLY) for f in files]
     try:
         for a in range(0, recs[0].nbytes, chunk):

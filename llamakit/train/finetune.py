@@ -16,10 +16,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llamakit.atomic import write_json as write_json_atomic
 from llamakit.train import checkpoint as ckpt
 from llamakit.train.components import Determinism, build_model, build_optimizer, check_model_dir, init_distributed, pick_device, unwrap
 from llamakit.train.data import IGNORE, Split, check_manifest, collate, epoch_batches, eval_batches, pack_split, read_labels, read_split
-from llamakit.atomic import write_json as write_json_atomic
 from llamakit.train.outputs import export_model, summarize, summarize_ensemble
 from llamakit.train.recipe import Recipe, load_recipe
 
@@ -99,7 +99,7 @@ def plan_epochs(recipe: Recipe, lengths: list[int]) -> list[list[list[int]]]:
 
 
 def train(recipe: Recipe, *, provenance: dict | None = None, on_step=None) -> FinetuneResult:
-    """Run `recipe` (one model; `run` hands ensembles to llamakit/train/ensemble.py). `on_step(position)`
+    """Run `recipe` (one model; `run` hands ensembles to `train_ensemble`). `on_step(position)`
     (optional) is called after every optimizer step: the benchmark times steps with it exactly as it
     times the Trainer's."""
     if recipe.ensemble:
