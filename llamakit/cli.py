@@ -204,13 +204,13 @@ def finetune_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    model: Path = typer.Option(..., "--model", help="Fine-tuned checkpoint directory."),
+    model: Path = typer.Option(..., "--model", help="Fine-tuned model directory, or an ensemble's (finetune's OUT/model with ensemble.json)."),
     data: Path = typer.Option(..., "--data", help="Prepared data directory."),
     out: Path = typer.Option(..., "--out", help="Output directory (metrics.json, predictions.txt)."),
     split: str = typer.Option("test", "--split", help="Which prepared split."),
     decode: str = typer.Option("argmax", "--decode", help="argmax (per word) | viterbi (best valid IOB2 sequence)."),
     pack_documents: Optional[int] = typer.Option(
-        None, "--pack-documents", min=0, help="Sub-tokens per row of packed document context (0: one sentence per row). Default: as fine-tuned."
+        None, "--pack-documents", min=0, help="Sub-tokens per row of packed document context (0: one sentence per row). Default: as each model was fine-tuned; given, it applies to every ensemble member."
     ),
 ) -> None:
     """Word-level predictions, the token-level report, seqeval entity scores and a confusion matrix."""
