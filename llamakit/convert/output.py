@@ -66,7 +66,7 @@ class SpanCopier:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._kernel = hasattr(os, "copy_file_range")
-        self._gather = hasattr(os, "pwritev")
+        self._gather = hasattr(os, "pwritev") and hasattr(os, "preadv")
 
     def __enter__(self) -> "SpanCopier":
         return self
@@ -111,12 +111,13 @@ class SpanCopier:
         for s in group:
             r = ranges.setdefault(s.path, [s.offset, s.offset + s.nbytes])
             r[0], r[1] = min(r[0], s.offset), max(r[1], s.offset + s.nbytes)
-        if sum(hi - lo for lo, hi in ranges.values()) > size + size // 4:  # sparse: reading around the gaps costs more
+        covered = sum(hi - lo for lo, hi in ranges.values())
+        if covered > size + size // 4:  # sparse: reading around the gaps costs more
             for s in group:
                 self.copy(s, fd, at)
                 at += s.nbytes
             return
-        buf = self._buffer(sum(hi - lo for lo, hi in ranges.values()))
+        buf = self._buffer(covered)
         views: dict[Path, tuple[int, memoryview]] = {}
         pos = 0
         for path, (lo, hi) in ranges.items():
@@ -127,6 +128,8 @@ class SpanCopier:
         iov = [views[s.path][1][s.offset - views[s.path][0]:s.offset - views[s.path][0] + s.nbytes] for s in group]
         while iov:
             n = os.pwritev(fd, iov, at)
+            if n == 0:
+                raise OSError(errno.EIO, f"writing {size} bytes at {at} wrote nothing")
             at += n
             while iov and n >= len(iov[0]):  # a short write: resume after what went out
                 n -= len(iov[0])
