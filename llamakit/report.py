@@ -132,7 +132,8 @@ def _train_provenance(run_dir: Optional[Path]) -> dict[str, Any]:
     seeds = ts.get("seeds") if ts.get("seeds") is not None else {"seed": recipe.get("seed", ts.get("seed"))}
     keep = ("profile", "overrides", "device", "world_size", "backend", "deterministic", "data_order", "fingerprint",
             "steps", "total_steps", "tokens", "final_loss", "resumed_from_step", "wall_s", "train_s", "tokens_per_s", "ensemble")
-    members = [{"member": k, "overrides": (recipe.get("ensemble") or [{}] * k)[k - 1],
+    overrides = recipe.get("ensemble") or []
+    members = [{"member": k, "overrides": overrides[k - 1] if k <= len(overrides) else {},
                 **{key: m.get(key) for key in ("steps", "train_s", "wall_s", "final_loss", "resumed_from_step", "fingerprint")}}
                for k, m in enumerate(ts.get("members") or [], start=1)]
     return {

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llamakit.convert._libc import libc
+from llamakit.convert.pth_index import STORAGES
 from llamakit.errors import InputFileError, UnsafeCheckpointError
 
 if TYPE_CHECKING:
@@ -93,11 +94,8 @@ def release(buf) -> None:
 
 # --- writing ----------------------------------------------------------------------
 
-_STORAGE_TYPES = {
-    "float32": "FloatStorage", "float64": "DoubleStorage", "float16": "HalfStorage", "bfloat16": "BFloat16Storage",
-    "int64": "LongStorage", "int32": "IntStorage", "int16": "ShortStorage", "int8": "CharStorage", "uint8": "ByteStorage",
-    "bool": "BoolStorage",
-}
+# dtype name -> the torch.<X>Storage class torch.save pickles: the reader's table, inverted
+_STORAGE_TYPES = {d.name: storage for storage, d in STORAGES.items()}
 
 
 class _StorageRef:

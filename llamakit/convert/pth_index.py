@@ -34,7 +34,7 @@ class DType:
         return f"torch.{self.name}"
 
 
-_STORAGES = {  # torch.<X>Storage -> dtype
+STORAGES = {  # torch.<X>Storage -> dtype (llamakit/convert/pth.py writes with the same table)
     "FloatStorage": DType("float32", 4), "DoubleStorage": DType("float64", 8), "HalfStorage": DType("float16", 2),
     "BFloat16Storage": DType("bfloat16", 2), "LongStorage": DType("int64", 8), "IntStorage": DType("int32", 4),
     "ShortStorage": DType("int16", 2), "CharStorage": DType("int8", 1), "ByteStorage": DType("uint8", 1),
@@ -78,8 +78,8 @@ class _Unpickler(pickle.Unpickler):
             return _rebuild_tensor_v2
         if (module, name) == ("collections", "OrderedDict"):
             return collections.OrderedDict
-        if module == "torch" and name in _STORAGES:
-            return _STORAGES[name]
+        if module == "torch" and name in STORAGES:
+            return STORAGES[name]
         raise pickle.UnpicklingError(f"GLOBAL {module}.{name} is not allowed")
 
     def persistent_load(self, pid):

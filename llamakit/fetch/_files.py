@@ -75,7 +75,11 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
 
 
 def atomic_write_json(path: Path, obj, *, fsync: bool = True) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode(), fsync=fsync)
+    """llamakit.atomic.write_json, with the same typed errors."""
+    try:
+        atomic.write_json(path, obj, fsync=fsync)
+    except OSError as exc:
+        raise disk_full(exc, path) from exc
 
 
 def fsync_dir(path: Path) -> None:
