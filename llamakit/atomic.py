@@ -75,16 +75,25 @@ def atomic_dir(out: str | Path, *, marker: str) -> Iterator[Path]:
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the published dir should look like any other
     try:
         yield tmp
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(tmp: str | Path, out: str | Path) -> Path:
+    """Put the finished directory `tmp` in place of `out` (a sibling of it): the old `out` is renamed
+    aside first and removed only after the new one is in, so `out` is always one whole directory."""
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)  # a dead run's leftover under the same pid
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

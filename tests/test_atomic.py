@@ -61,3 +61,22 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypa
     with pytest.raises(OSError, match="No space left"):
         atomic.write_text(path, "new")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_replace_dir_swaps_whole_directories_and_leaves_nothing_beside(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.bin").write_bytes(b"old")
+    stale = tmp_path / f".model.old-{os.getpid()}"  # what a killed run with this pid left
+    stale.mkdir()
+    (stale / "x").write_bytes(b"x")
+    new = tmp_path / ".tmp-model"
+    new.mkdir()
+    (new / "new.bin").write_bytes(b"new")
+    assert atomic.replace_dir(new, out) == out
+    assert sorted(p.name for p in out.iterdir()) == ["new.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    fresh = tmp_path / ".tmp-2"
+    fresh.mkdir()
+    atomic.replace_dir(fresh, tmp_path / "absent")  # nothing to move aside
+    assert (tmp_path / "absent").is_dir() and not fresh.exists()

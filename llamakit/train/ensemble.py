@@ -17,6 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
+from llamakit.atomic import replace_dir
 from llamakit.errors import InputFileError
 
 MANIFEST = "ensemble.json"
@@ -43,12 +44,7 @@ def publish(out: Path, recipe) -> Path:
                         "pack_documents": int(cfg.get("llamakit_pack_documents") or 0)})
     doc = {"format": "llamakit-ensemble", "version": 1, "combine": COMBINE, "members": members}
     (tmp / MANIFEST).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    old = out / f".old-model-{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    return replace_dir(tmp, final)
 
 
 def member_summary(out: Path, k: int) -> dict:

@@ -13,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from llamakit.atomic import replace_dir
 from llamakit.train.components import quiet_transformers
 from llamakit.train.recipe import Recipe
 
@@ -47,11 +48,7 @@ def export_model(recipe: Recipe, model, model_dir: Path, out: Path) -> None:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, tmp / name)
     _verify_export(tmp, model)
-    old = out / f".old-model-{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, final)
 
 
 def _verify_export(directory: Path, model) -> None:
