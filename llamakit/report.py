@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from llamakit import atomic, provenance, results
+from llamakit.run_record import RunRecord, read_json, read_run
 from llamakit.errors import InputFileError, MetricFailure, ReproductionFailed, UsageError
 
 REPORT_SCHEMA = "llamakit/report/v1"
@@ -104,99 +105,16 @@ class Report:
         }
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise InputFileError(f"{what} not found", path=path, fix="run the stage that writes it (see dvc.yaml)") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputFileError(f"{what} is not readable JSON ({exc})", path=path, fix="rerun the stage that writes it") from exc
-    if not isinstance(doc, dict):
-        raise InputFileError(f"{what} must be a JSON object", path=path)
-    return doc
-
-
 def compare(metrics: dict, entry: results.ResultEntry) -> list[MetricRow]:
     return [MetricRow(name, reported, results.lookup(metrics, name), entry.tolerance_for(name), entry.at_least(name))
             for name, reported in entry.flat_metrics().items()]
-
-
-def _train_provenance(run_dir: Optional[Path]) -> dict[str, Any]:
-    if run_dir is None:
-        return {}
-    path = run_dir / "train_summary.json"
-    if not path.is_file():
-        return {"summary": None, "note": f"{path} not found"}
-    ts = _read_json(path, "train_summary.json")
-    recipe = ts.get("recipe") or ts.get("resolved_recipe") or {}
-    seeds = ts.get("seeds") if ts.get("seeds") is not None else {"seed": recipe.get("seed", ts.get("seed"))}
-    keep = ("profile", "overrides", "device", "world_size", "backend", "deterministic", "data_order", "fingerprint",
-            "steps", "total_steps", "tokens", "final_loss", "resumed_from_step", "wall_s", "train_s", "tokens_per_s", "ensemble")
-    overrides = recipe.get("ensemble") or []
-    members = [{"member": k, "overrides": overrides[k - 1] if k <= len(overrides) else {},
-                **{key: m.get(key) for key in ("steps", "train_s", "wall_s", "final_loss", "resumed_from_step", "fingerprint")}}
-               for k, m in enumerate(ts.get("members") or [], start=1)]
-    return {
-        "summary": str(path),
-        **({"members": members} if members else {}),
-        "seeds": seeds,
-        "threads": ts.get("threads", recipe.get("threads")),
-        **{k: ts[k] for k in keep if k in ts},
-        "recipe": recipe,
-    }
-
-
-def _loss_curve(run_dir: Optional[Path]) -> list[tuple[float, float]]:
-    """(step, loss) from dvclive's TSV under RUN/dvclive/plots/metrics (train loss preferred).
-
-    An ensemble's members trained one after another (RUN/members/<k>/, llamakit/train/ensemble.py):
-    their curves are laid end to end, each member's steps counted on from the previous member's last.
-    """
-    if run_dir is None:
-        return []
-    summary = run_dir / "train_summary.json"
-    n_members = _read_json(summary, "train_summary.json").get("ensemble") if summary.is_file() else None
-    if not isinstance(n_members, int):
-        return _dvclive_loss(run_dir)
-    points: list[tuple[float, float]] = []
-    for k in range(1, n_members + 1):
-        offset = points[-1][0] if points else 0.0
-        points += [(offset + step, v) for step, v in _dvclive_loss(run_dir / "members" / str(k))]
-    return points
-
-
-def _dvclive_loss(run_dir: Path) -> list[tuple[float, float]]:
-    base = run_dir / "dvclive" / "plots" / "metrics"
-    candidates = sorted(base.rglob("*loss*.tsv")) if base.is_dir() else []
-    candidates.sort(key=lambda p: ("train" not in p.parts, len(p.parts), str(p)))
-    for path in candidates:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        if len(lines) < 2:
-            continue
-        header = lines[0].split("\t")
-        if "step" not in header:
-            continue
-        i_step = header.index("step")
-        i_val = next((i for i, h in enumerate(header) if h not in ("step", "timestamp")), None)
-        if i_val is None:
-            continue
-        points = []
-        for line in lines[1:]:
-            cols = line.split("\t")
-            try:
-                points.append((float(cols[i_step]), float(cols[i_val])))
-            except (ValueError, IndexError):
-                continue
-        if points:
-            return points
-    return []
 
 
 def _confusion(metrics_path: Path) -> Optional[dict]:
     path = metrics_path.parent / "confusion.json"
     if not path.is_file():
         return None
-    doc = _read_json(path, "confusion.json")
+    doc = read_json(path, "confusion.json")
     labels, matrix = doc.get("labels"), doc.get("matrix")
     if not (isinstance(labels, list) and isinstance(matrix, list) and len(matrix) == len(labels)):
         raise InputFileError("confusion.json needs `labels` and a square `matrix`", path=path)
@@ -223,10 +141,10 @@ def _upstream_outputs(dvc_lock: Path, out_dir: Path) -> dict[str, list[dict]]:
             if not any((base / str(o.get("path"))).resolve() in mine for o in outs)}
 
 
-def collect_provenance(*, run_dir: Optional[Path], timings_dir: Optional[Path], dvc_lock: Optional[Path],
+def collect_provenance(*, run: RunRecord, timings_dir: Optional[Path], dvc_lock: Optional[Path],
                        release_lock: Optional[Path], repo_root: Path, out_dir: Path) -> dict[str, Any]:
     """Everything here must be stable across reruns with the same inputs: no clock, no PIDs."""
-    train = _train_provenance(run_dir)
+    train = run.train
     timings = provenance.read_timings(timings_dir) if timings_dir is not None else {}
     return {
         "git": provenance.git_state(repo_root),
@@ -247,9 +165,9 @@ def build_report(metrics_path: str | Path, result_name_or_path: str | Path, out_
                  dvc_lock: str | Path | None = "dvc.lock", release_lock: str | Path | None = None,
                  repo_root: str | Path = ".") -> Report:
     metrics_path, out_dir = Path(metrics_path), Path(out_dir)
-    run = Path(run_dir) if run_dir is not None else None
+    run = read_run(Path(run_dir) if run_dir is not None else None)
     entry = results.load_result(result_name_or_path)
-    metrics = _read_json(metrics_path, "metrics.json")
+    metrics = read_json(metrics_path, "metrics.json")
     split = metrics.get("split")
     if split is not None and split != entry.dataset.split:
         raise UsageError(f"metrics are for split '{split}' but registry entry '{entry.name}' reports split "
@@ -264,13 +182,13 @@ def build_report(metrics_path: str | Path, result_name_or_path: str | Path, out_
         "split": split, "n_sentences": metrics.get("n_sentences"), "n_words": metrics.get("n_words"),
     }
     prov = collect_provenance(
-        run_dir=run, timings_dir=Path(timings_dir) if timings_dir is not None else None,
+        run=run, timings_dir=Path(timings_dir) if timings_dir is not None else None,
         dvc_lock=Path(dvc_lock) if dvc_lock is not None else None,
         release_lock=Path(release_lock) if release_lock is not None else None, repo_root=Path(repo_root), out_dir=out_dir)
     finished = [t.get("finished") for t in prov["timings"].values() if t.get("finished")]
     meta["run_finished"] = max(finished) if finished else None
     rep = Report(entry, metrics_path, out_dir, rows, prov, meta)
-    rep.plots = {"per_tag_f1": _per_tag(rows), "loss": _loss_curve(run), "confusion": _confusion(metrics_path)}
+    rep.plots = {"per_tag_f1": _per_tag(rows), "loss": run.loss, "confusion": _confusion(metrics_path)}
     write_report(rep)
     return rep
 
@@ -285,7 +203,7 @@ def load_report(out_dir: str | Path) -> Report:
     the metrics file and registry entry must still hash as they did when it was written."""
     out_dir = Path(out_dir)
     path = out_dir / "report.json"
-    doc = _read_json(path, "report.json")
+    doc = read_json(path, "report.json")
     if doc.get("schema") != REPORT_SCHEMA:
         raise InputFileError(f"not a {REPORT_SCHEMA} report", path=path, fix="rerun `llamakit report` with --metrics and --result")
     try:
@@ -299,7 +217,7 @@ def load_report(out_dir: str | Path) -> Report:
             raise InputFileError(f"report is stale: {src} changed since the report was written", path=path,
                                  fix="run `dvc repro` (or `llamakit report` with --metrics and --result) first")
     entry = results.load_result_file(result_file)
-    metrics = _read_json(metrics_path, "metrics.json")
+    metrics = read_json(metrics_path, "metrics.json")
     meta = {"result_file": str(result_file), "metrics_file": str(metrics_path), "metrics_sha256": want[metrics_path],
             "result_sha256": want[result_file], "run_finished": doc.get("run_finished"),
             **{k: doc["evaluation"].get(k) for k in ("split", "n_sentences", "n_words")}}

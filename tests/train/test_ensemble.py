@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from llamakit import report
+from llamakit import run_record
 from llamakit.data import conll
 from llamakit.errors import InputFileError, ManifestError, UsageError
 from llamakit.train import decode, ensemble, evaluate, finetune
@@ -123,9 +123,9 @@ def test_evaluate_decodes_the_mean_of_the_members_probabilities(trained, prepare
 def test_report_lays_the_members_loss_curves_end_to_end(trained):
     tmp, _ = trained
     run = tmp / "ens"
-    curve = report._loss_curve(run)
-    first = report._dvclive_loss(run / "members" / "1")
-    second = report._dvclive_loss(run / "members" / "2")
+    curve = run_record.read_run(run).loss
+    first = run_record.dvclive_loss(run / "members" / "1")
+    second = run_record.dvclive_loss(run / "members" / "2")
     assert len(curve) == len(first) + len(second) and len(first) > 1 and len(second) > 1
     steps = [s for s, _ in curve]
     assert steps == sorted(set(steps))  # one x axis, strictly increasing
@@ -145,7 +145,7 @@ def test_an_ensemble_manifest_pointing_outside_is_refused(tmp_path, tiny_classif
 
 def test_report_provenance_names_each_member(trained):
     tmp, _ = trained
-    train = report._train_provenance(tmp / "ens")
+    train = run_record.read_run(tmp / "ens").train
     assert train["ensemble"] == 2
     assert [(m["member"], m["overrides"]) for m in train["members"]] == [(1, MEMBERS[0]), (2, MEMBERS[1])]
     assert train["steps"] == sum(m["steps"] for m in train["members"])
