@@ -204,7 +204,9 @@ def finetune_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    model: Path = typer.Option(..., "--model", help="Fine-tuned model directory, or an ensemble's (finetune's OUT/model with ensemble.json)."),
+    model: list[Path] = typer.Option(
+        ..., "--model", metavar="<path>", help="Fine-tuned model directory, or an ensemble's (finetune's OUT/model with ensemble.json). Repeat it to score separately fine-tuned models as one ensemble."
+    ),
     data: Path = typer.Option(..., "--data", help="Prepared data directory."),
     out: Path = typer.Option(..., "--out", help="Output directory (metrics.json, predictions.txt)."),
     split: str = typer.Option("test", "--split", help="Which prepared split."),
@@ -216,7 +218,7 @@ def evaluate_cmd(
     """Word-level predictions, the token-level report, seqeval entity scores and a confusion matrix."""
     from llamakit.train import evaluate
 
-    result = evaluate.run(model, data, out, split=split, decode=decode, pack_documents=pack_documents)
+    result = evaluate.run(list(model), data, out, split=split, decode=decode, pack_documents=pack_documents)
     _console().print(result.report_text, markup=False, soft_wrap=True)
     _console().print(result.summary_line(), markup=False, soft_wrap=True)
 

@@ -41,7 +41,7 @@ class EvalResult:
 
 
 def run(
-    model_dir: str | Path,
+    model_dir: str | Path | list[str | Path],
     data_dir: str | Path,
     out_dir: str | Path,
     *,
@@ -58,7 +58,10 @@ def run(
     `pack_documents` None packs sentences into rows as the model was fine-tuned (its config.json's
     `llamakit_pack_documents`, 0 when absent). An ensemble directory (ensemble.json, written by
     `llamakit finetune` for a recipe with `ensemble:`) runs each member in its own context and
-    decodes the mean of their per-word probabilities (llamakit/train/ensemble.py).
+    decodes the mean of their per-word probabilities (llamakit/train/ensemble.py). A list of
+    several directories is an ensemble put together here, of models fine-tuned separately (each
+    one a model or an ensemble directory; their members all count alike): how one picks members
+    on dev before writing them into a recipe's `ensemble:`.
     """
     import torch
 
@@ -74,14 +77,21 @@ def run(
     from llamakit.train.modeling import load_token_classifier
 
     t0 = time.perf_counter()
-    model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
-    if not (model_dir / "config.json").is_file() and not (model_dir / ensemble.MANIFEST).is_file():
-        raise InputFileError("not an HF model directory (no config.json) nor an ensemble (no ensemble.json)", path=model_dir,
-                             fix="pass the finetune output's model/ directory")
+    given = [Path(d) for d in model_dir] if isinstance(model_dir, (list, tuple)) else [Path(model_dir)]
+    if not given:
+        raise UsageError("no model directory given", fix="pass --model DIR (repeat it for an ensemble)")
+    if len({d.resolve() for d in given}) != len(given):
+        raise UsageError("the same model directory is given twice", fix="pass each --model once")
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    for d in given:
+        if not (d / "config.json").is_file() and not (d / ensemble.MANIFEST).is_file():
+            raise InputFileError("not an HF model directory (no config.json) nor an ensemble (no ensemble.json)", path=d,
+                                 fix="pass the finetune output's model/ directory")
     records = conll.load_split(data_dir, split)
     manifest = conll.read_manifest(data_dir)
     labels = conll.load_labels(data_dir)
-    _check_tokenizer(model_dir, manifest, tokenizer_identity)
+    for d in given:
+        _check_tokenizer(d, manifest, tokenizer_identity)
     for lineno, r in enumerate(records, start=1):
         if sum(1 for x in r["labels"] if x != -100) != r["n_words"]:
             raise InputFileError("labelled positions differ from n_words", path=data_dir / f"{split}.jsonl", line=lineno,
@@ -89,7 +99,8 @@ def run(
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    members = ensemble.member_dirs(model_dir)
+    model_dir = given[0]
+    members = ensemble.member_dirs(model_dir) if len(given) == 1 else [m for d in given for m in ensemble.member_dirs(d) or [d]]
     pad_id = manifest["tokenizer"].get("pad_token_id")
     pad_id = pad_id if pad_id is not None else 0  # padded positions are masked out; any valid id works
     bos_id = manifest["tokenizer"].get("bos_token_id")
@@ -124,7 +135,9 @@ def run(
         "entity": m["entity"],
         "headline": m["headline"],
         "provenance": {
-            "model_config_sha256": sha256_file(model_dir / ("config.json" if not members else ensemble.MANIFEST)),
+            # an ensemble put together from several --model: its members below say what each one is
+            "model_config_sha256": (sha256_file(model_dir / ("config.json" if not members else ensemble.MANIFEST))
+                                    if len(given) == 1 else None),
             "data_manifest_sha256": sha256_file(data_dir / "manifest.json"),
             "split_sha256": manifest["files"][f"{split}.jsonl"],
             "tokenizer_sha256": manifest["tokenizer"]["sha256"],
@@ -141,7 +154,7 @@ def run(
     if members:
         doc["provenance"]["ensemble"] = {
             "combine": ensemble.COMBINE,
-            "members": [{"dir": x["dir"].name, "config_sha256": sha256_file(x["dir"] / "config.json"), "bidirectional": x["bidirectional"],
+            "members": [{"dir": x["dir"].name if len(given) == 1 else str(x["dir"]), "config_sha256": sha256_file(x["dir"] / "config.json"), "bidirectional": x["bidirectional"],
                          "context": _context(x["pack"])} for x in info],
         }
     with atomic_dir(out_dir, marker="metrics.json") as tmp:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +152,35 @@ def test_report_provenance_names_each_member(trained):
     assert [(m["member"], m["overrides"]) for m in train["members"]] == [(1, MEMBERS[0]), (2, MEMBERS[1])]
     assert train["steps"] == sum(m["steps"] for m in train["members"])
     assert all(m["train_s"] > 0 and m["fingerprint"] for m in train["members"])
+
+
+def test_several_models_given_at_once_score_as_the_published_ensemble(trained, prepared_slice, tmp_path):
+    """Members picked on dev from separate runs (`--model A --model B`) give what the recipe's ensemble gives."""
+    tmp, _ = trained
+    members = tmp / "ens" / "members"
+    published = evaluate.run(tmp / "ens" / "model", prepared_slice, tmp_path / "pub", split="test", decode="viterbi", show_progress=False)
+    adhoc = evaluate.run([members / "1" / "model", members / "2" / "model"], prepared_slice, tmp_path / "adhoc", split="test",
+                         decode="viterbi", show_progress=False)
+    assert (tmp_path / "adhoc" / "predictions.txt").read_bytes() == (tmp_path / "pub" / "predictions.txt").read_bytes()
+    assert adhoc.headline == published.headline
+    prov = json.loads((tmp_path / "adhoc" / "metrics.json").read_text())["provenance"]
+    assert prov["model_config_sha256"] is None
+    assert [x["dir"] for x in prov["ensemble"]["members"]] == [str(members / "1" / "model"), str(members / "2" / "model")]
+    # an ensemble directory given beside a plain model contributes each of its members
+    mixed = evaluate.run([tmp / "ens" / "model", members / "1" / "model"], prepared_slice, tmp_path / "mixed", split="test",
+                         show_progress=False)
+    assert len(json.loads((tmp_path / "mixed" / "metrics.json").read_text())["provenance"]["ensemble"]["members"]) == 3
+    assert mixed.n_words == published.n_words
+
+
+def test_the_same_model_twice_is_refused(trained, prepared_slice, tmp_path):
+    tmp, _ = trained
+    one = tmp / "ens" / "members" / "1" / "model"
+    with pytest.raises(UsageError, match="given twice"):
+        evaluate.run([one, one], prepared_slice, tmp_path / "e", show_progress=False)
+    assert not (tmp_path / "e").exists()
+    # at the CLI edge: one line, exit 2 (bad usage), nothing written
+    proc = subprocess.run([sys.executable, "-m", "llamakit", "evaluate", "--model", str(one), "--model", str(one),
+                           "--data", str(prepared_slice), "--out", str(tmp_path / "e")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "given twice" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 2 and not (tmp_path / "e").exists()
