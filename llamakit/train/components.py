@@ -10,11 +10,11 @@ import math
 import os
 import random
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from llamakit.errors import InputFileError, UsageError
+from llamakit.train.modeling import quiet_transformers
 from llamakit.train.recipe import Recipe
 
 
@@ -172,22 +172,6 @@ class LRShape:
         if self.kind == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
         return max(0.0, 1.0 - frac)
-
-
-@contextmanager
-def quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def unwrap(model):

@@ -74,7 +74,7 @@ def run(
     from llamakit.data.align import tokenizer_identity
     from llamakit.atomic import atomic_dir, sha256_file
     from llamakit.train import ensemble, metrics
-    from llamakit.train.modeling import load_token_classifier
+    from llamakit.train.modeling import load_token_classifier, quiet_transformers
 
     t0 = time.perf_counter()
     given = [Path(d) for d in model_dir] if isinstance(model_dir, (list, tuple)) else [Path(model_dir)]
@@ -110,7 +110,8 @@ def run(
         for k, member_dir in enumerate(members or [model_dir], start=1):
             if members:
                 _check_tokenizer(member_dir, manifest, tokenizer_identity)
-            model = load_token_classifier(member_dir).eval().to(device)
+            with quiet_transformers():  # our progress bar owns stderr
+                model = load_token_classifier(member_dir).eval().to(device)
             to_prepared = _label_map(model, labels, member_dir)
             pack = pack_documents if pack_documents is not None else int(getattr(model.config, "llamakit_pack_documents", 0) or 0)
             what = f"evaluating {split}" + (f" (member {k}/{len(members)})" if members else "")

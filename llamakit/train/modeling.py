@@ -9,6 +9,7 @@ The choice is saved in config.json as `llamakit_bidirectional` so evaluate rebui
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -42,3 +43,21 @@ def load_token_classifier(model_dir: str | Path, *, labels: list[str] | None = N
         bidirectional = bool(getattr(config, "llamakit_bidirectional", False))
     set_bidirectional(model, bidirectional)
     return model
+
+
+@contextmanager
+def quiet_transformers():
+    """Loading a checkpoint prints a per-tensor progress bar and advisory warnings; a command whose
+    own progress owns stderr (finetune, evaluate) keeps transformers to errors while it loads."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

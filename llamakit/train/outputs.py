@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from llamakit.atomic import replace_dir
-from llamakit.train.components import quiet_transformers
+from llamakit.train.modeling import quiet_transformers
 from llamakit.train.recipe import Recipe
 
 TOKENIZER_FILES = (
