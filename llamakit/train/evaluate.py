@@ -80,8 +80,6 @@ def run(
     given = [Path(d) for d in model_dir] if isinstance(model_dir, (list, tuple)) else [Path(model_dir)]
     if not given:
         raise UsageError("no model directory given", fix="pass --model DIR (repeat it for an ensemble)")
-    if len({d.resolve() for d in given}) != len(given):
-        raise UsageError("the same model directory is given twice", fix="pass each --model once")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     for d in given:
         if not (d / "config.json").is_file() and not (d / ensemble.MANIFEST).is_file():
@@ -101,6 +99,7 @@ def run(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model_dir = given[0]
     members = ensemble.member_dirs(model_dir) if len(given) == 1 else [m for d in given for m in ensemble.member_dirs(d) or [d]]
+    _refuse_repeats(members or [])
     pad_id = manifest["tokenizer"].get("pad_token_id")
     pad_id = pad_id if pad_id is not None else 0  # padded positions are masked out; any valid id works
     bos_id = manifest["tokenizer"].get("bos_token_id")
@@ -271,6 +270,19 @@ def _label_map(model, labels: list[str], model_dir: Path) -> list[int]:
             fix="evaluate a checkpoint fine-tuned on this prepared data (its config.json carries id2label)",
         )
     return [labels.index(n) for n in names]
+
+
+def _refuse_repeats(dirs: list[Path]) -> None:
+    """One model counted twice would silently weigh double: the same directory, or the same weights
+    reached twice (a published ensemble's members are hard links to the member runs' exports)."""
+    import os
+
+    from llamakit.errors import UsageError
+
+    for i, a in enumerate(dirs):
+        for b in dirs[:i]:
+            if a.resolve() == b.resolve() or os.path.samefile(a / "config.json", b / "config.json"):
+                raise UsageError(f"the same model is given twice: {b} and {a}", fix="pass each model once (an ensemble directory already counts each of its members)")
 
 
 def _check_tokenizer(model_dir: Path, manifest: dict, tokenizer_identity) -> None:

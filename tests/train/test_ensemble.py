@@ -154,7 +154,7 @@ def test_report_provenance_names_each_member(trained):
     assert all(m["train_s"] > 0 and m["fingerprint"] for m in train["members"])
 
 
-def test_several_models_given_at_once_score_as_the_published_ensemble(trained, prepared_slice, tmp_path):
+def test_several_models_given_at_once_score_as_the_published_ensemble(trained, prepared_slice, tiny_classifier, tmp_path):
     """Members picked on dev from separate runs (`--model A --model B`) give what the recipe's ensemble gives."""
     tmp, _ = trained
     members = tmp / "ens" / "members"
@@ -167,7 +167,7 @@ def test_several_models_given_at_once_score_as_the_published_ensemble(trained, p
     assert prov["model_config_sha256"] is None
     assert [x["dir"] for x in prov["ensemble"]["members"]] == [str(members / "1" / "model"), str(members / "2" / "model")]
     # an ensemble directory given beside a plain model contributes each of its members
-    mixed = evaluate.run([tmp / "ens" / "model", members / "1" / "model"], prepared_slice, tmp_path / "mixed", split="test",
+    mixed = evaluate.run([tmp / "ens" / "model", tiny_classifier], prepared_slice, tmp_path / "mixed", split="test",
                          show_progress=False)
     assert len(json.loads((tmp_path / "mixed" / "metrics.json").read_text())["provenance"]["ensemble"]["members"]) == 3
     assert mixed.n_words == published.n_words
@@ -178,6 +178,9 @@ def test_the_same_model_twice_is_refused(trained, prepared_slice, tmp_path):
     one = tmp / "ens" / "members" / "1" / "model"
     with pytest.raises(UsageError, match="given twice"):
         evaluate.run([one, one], prepared_slice, tmp_path / "e", show_progress=False)
+    # the published ensemble already holds member 1 (hard links to the same files)
+    with pytest.raises(UsageError, match="given twice"):
+        evaluate.run([tmp / "ens" / "model", one], prepared_slice, tmp_path / "e", show_progress=False)
     assert not (tmp_path / "e").exists()
     # at the CLI edge: one line, exit 2 (bad usage), nothing written
     proc = subprocess.run([sys.executable, "-m", "llamakit", "evaluate", "--model", str(one), "--model", str(one),
