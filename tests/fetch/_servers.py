@@ -108,6 +108,10 @@ class _Base(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, status, body=b"", headers=None, *, log_path=None, start=0):
+        # Logged before the answer goes out: a client that has its answer must find the request in
+        # the log (a test reads the log the moment the client returns).
+        if log_path:
+            self.owner.log_req(Req(log_path, self.command, start, status, 0, None, bool(self.headers.get("Authorization"))))
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
@@ -115,8 +119,6 @@ class _Base(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD" and body:
             self.wfile.write(body)
-        if log_path:
-            self.owner.log_req(Req(log_path, self.command, start, status, 0, None, bool(self.headers.get("Authorization"))))
 
     def _serve(self, log_path: str, data: bytes, headers: dict, faults: Faults | None, deny_status: int = 403):
         """GET/HEAD of `data` honouring Range, with an optional fault."""
@@ -140,8 +142,8 @@ class _Base(BaseHTTPRequestHandler):
             code = int(fault.kind)
             hdrs = {"Retry-After": "0"} if code == 429 else {}
             body = b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>" if code == 403 else b"try again"
+            self.owner.log_req(Req(log_path, "GET", start, code, 0, fault.kind, auth))  # before the answer, as in _error
             self._error(code, body, hdrs)
-            self.owner.log_req(Req(log_path, "GET", start, code, 0, fault.kind, auth))
             self.close_connection = True
             return
         self.send_response(status)
