@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamakit.errors import InputFileError
+from llamakit.errors import InputFileError, UsageError
 
 DEFAULT_BATCH_TOKENS = 4096  # padded tokens per forward pass; ~best CPU throughput for 135M
 
@@ -65,7 +66,6 @@ def run(
     """
     import torch
 
-    from llamakit.errors import UsageError
     from llamakit.train.decode import DECODERS
 
     if decode not in DECODERS:
@@ -97,8 +97,8 @@ def run(
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model_dir = given[0]
-    members = ensemble.member_dirs(model_dir) if len(given) == 1 else [m for d in given for m in ensemble.member_dirs(d) or [d]]
+    model_dir, adhoc = given[0], len(given) > 1  # adhoc: an ensemble put together from several --model
+    members = [m for d in given for m in ensemble.member_dirs(d) or [d]] if adhoc else ensemble.member_dirs(model_dir)
     _refuse_repeats(members or [])
     pad_id = manifest["tokenizer"].get("pad_token_id")
     pad_id = pad_id if pad_id is not None else 0  # padded positions are masked out; any valid id works
@@ -135,9 +135,8 @@ def run(
         "entity": m["entity"],
         "headline": m["headline"],
         "provenance": {
-            # an ensemble put together from several --model: its members below say what each one is
-            "model_config_sha256": (sha256_file(model_dir / ("config.json" if not members else ensemble.MANIFEST))
-                                    if len(given) == 1 else None),
+            # an adhoc ensemble has no file of its own: its members below say what each one is
+            "model_config_sha256": None if adhoc else sha256_file(model_dir / ("config.json" if not members else ensemble.MANIFEST)),
             "data_manifest_sha256": sha256_file(data_dir / "manifest.json"),
             "split_sha256": manifest["files"][f"{split}.jsonl"],
             "tokenizer_sha256": manifest["tokenizer"]["sha256"],
@@ -154,7 +153,7 @@ def run(
     if members:
         doc["provenance"]["ensemble"] = {
             "combine": ensemble.COMBINE,
-            "members": [{"dir": x["dir"].name if len(given) == 1 else str(x["dir"]), "config_sha256": sha256_file(x["dir"] / "config.json"), "bidirectional": x["bidirectional"],
+            "members": [{"dir": str(x["dir"]) if adhoc else x["dir"].name, "config_sha256": sha256_file(x["dir"] / "config.json"), "bidirectional": x["bidirectional"],
                          "context": _context(x["pack"])} for x in info],
         }
     with atomic_dir(out_dir, marker="metrics.json") as tmp:
@@ -275,10 +274,6 @@ def _label_map(model, labels: list[str], model_dir: Path) -> list[int]:
 def _refuse_repeats(dirs: list[Path]) -> None:
     """One model counted twice would silently weigh double: the same directory, or the same weights
     reached twice (a published ensemble's members are hard links to the member runs' exports)."""
-    import os
-
-    from llamakit.errors import UsageError
-
     for i, a in enumerate(dirs):
         for b in dirs[:i]:
             if a.resolve() == b.resolve() or os.path.samefile(a / "config.json", b / "config.json"):
