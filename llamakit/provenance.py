@@ -124,6 +124,61 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, Optional[st
     return out
 
 
+LOCK_FILE = Path("requirements/lock.txt")
+
+
+def installed_versions() -> dict[str, str]:
+    """Every distribution installed in this environment, name -> version (names normalised)."""
+    out = {}
+    for dist in metadata.distributions():
+        name = (dist.metadata.get("Name") or "").lower().replace("_", "-").replace(".", "-")
+        if name:
+            out[name] = dist.version
+    return dict(sorted(out.items()))
+
+
+def environment(lock: str | Path = LOCK_FILE) -> dict[str, Any]:
+    """What a rerun elsewhere must match to expect the same numbers: the dependency lock (by
+    sha256), every installed version, and the CPU as far as numerics go (llamakit/numerics.py)."""
+    from llamakit import numerics
+
+    lock = Path(lock)
+    return {
+        "lock": {"path": str(lock), "sha256": atomic.sha256_file(lock) if lock.is_file() else None},
+        "installed": installed_versions(),
+        "cpu": numerics.describe(),
+    }
+
+
+def environment_differences(here: dict, there: dict) -> list[str]:
+    """Human lines naming how two `environment()` records differ (CPU, lock, package versions)."""
+    lines = []
+    cpu_a, cpu_b = here.get("cpu") or {}, there.get("cpu") or {}
+    for key, label in (("model", "CPU"), ("isa", "CPU ISA"), ("pins", "ISA pins")):
+        if cpu_a.get(key) != cpu_b.get(key):
+            lines.append(f"{label}: {_show(cpu_a.get(key))} here, {_show(cpu_b.get(key))} in the reference")
+    lock_a, lock_b = (here.get("lock") or {}).get("sha256"), (there.get("lock") or {}).get("sha256")
+    if lock_a != lock_b:
+        lines.append(f"dependency lock sha256: {_show(lock_a, 12)} here, {_show(lock_b, 12)} in the reference")
+    pk_a, pk_b = here.get("installed") or {}, there.get("installed") or {}
+    if pk_a and pk_b:
+        changed = [f"{n} {_show(pk_a.get(n))} (reference {_show(pk_b.get(n))})" for n in sorted(set(pk_a) | set(pk_b))
+                   if pk_a.get(n) != pk_b.get(n)]
+        if changed:
+            more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+            lines.append("packages: " + ", ".join(changed[:8]) + more)
+    return lines
+
+
+def _show(value: Any, width: int | None = None) -> str:
+    if value is None or value == {} or value == []:
+        return "none"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    text = str(value)
+    return text[:width] if width else text
+
+
 def dvc_lock_outputs(path: str | Path = "dvc.lock") -> dict[str, list[dict]]:
     """Stage -> its outputs as dvc.lock records them (path, md5, size, nfiles)."""
     path = Path(path)

@@ -152,6 +152,8 @@ def collect_provenance(*, run: RunRecord, timings_dir: Optional[Path], dvc_lock:
         "release_lock": provenance.release_lock(release_lock) if release_lock else None,
         "packages": provenance.package_versions(),
         "machine": provenance.machine(),
+        # the CPU as the fine-tune saw it (its ISA pins are set in that process, not this one)
+        "environment": {**provenance.environment(), **({"cpu": train["cpu"]} if train.get("cpu") else {})},
         "threads": train.get("threads"),
         "seeds": train.get("seeds"),
         "train": train,
@@ -314,13 +316,28 @@ def summary(rep: Report):
         lines.append("wall " + " · ".join(f"{k} {v.get('wall_s', 0):.0f}s" for k, v in timings.items())
                      + f" · total {prov.get('total_wall_s', 0):.0f}s")
     lines.append(f"report → {rep.out_dir / 'report.html'}")
-    parts = [verdict, table]
+    parts = [verdict]
+    differences = environment_differences(rep)
+    if differences:
+        parts.append(Text("This run's environment differs from the reference's:\n" + "\n".join(f"  {d}" for d in differences),
+                          style="yellow"))
+    parts.append(table)
     if len(shown) < n:
         parts.append(Text(f"({n - len(shown)} passing non-F1 rows not shown"
                           + (f"; {failed_hidden} more failures" if failed_hidden else "") + "; see report.md)", style="dim"))
     parts.append(Text("\n".join(lines), style="dim"))
     title = f"{rep.result.name} · {rep.result.kind} · {rep.meta.get('split') or rep.result.dataset.split}"
     return Panel(Group(*parts), title=title, border_style="green" if rep.passed else "red", expand=False)
+
+
+def environment_differences(rep: Report) -> list[str]:
+    """CPU, ISA pins, dependency lock and package versions where this run and the reference entry's
+    recorded run differ: the first things to look at when a reference gate fails."""
+    theirs = (rep.result.recorded or {}).get("environment")
+    ours = rep.provenance.get("environment")
+    if not theirs or not ours:
+        return []
+    return provenance.environment_differences(ours, theirs)
 
 
 def _short(seeds: Any) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import statistics
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -43,6 +44,27 @@ class DatasetRef(BaseModel):
     n_words: Optional[int] = Field(None, ge=1)
 
 
+class SpreadRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, description="What differs from the reference run (seed, cpu_isa, machine).")
+    metrics_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    headline: dict[str, float] = {}
+
+
+class SpreadDerivation(BaseModel):
+    """How a `reference` entry's tolerances were measured rather than chosen: other runs of the same
+    recipe (other seeds; other cpu_isa settings, which take other kernels on one machine, as a proxy
+    for other CPUs). Per metric: max(floor, k x sample sd over all runs, largest |run - reference|)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    k: float = Field(gt=0)
+    floor: float = Field(ge=0)
+    runs: list[SpreadRun] = Field(min_length=1)
+
+
 class Tolerance(BaseModel):
     """Absolute tolerance: a metric passes when |reproduced - reported| <= its tolerance.
     Most specific wins: `metrics` (full dotted name) > `stats` (last path part, e.g. support) > `default`.
@@ -55,6 +77,7 @@ class Tolerance(BaseModel):
     stats: dict[str, float] = {}
     metrics: dict[str, float] = {}
     at_least: list[str] = []
+    derived: Optional[SpreadDerivation] = Field(None, description="Present when `metrics` came from measured run-to-run spread.")
 
     @field_validator("stats", "metrics")
     @classmethod
@@ -235,9 +258,35 @@ def load_result(name_or_path: str | Path, root: str | Path | None = None) -> Res
 _REFERENCE_FAMILIES = ("token", "entity", "headline")
 
 
+SPREAD_METHOD = ("per metric: max(floor, k x sample standard deviation over the reference run and the spread runs, "
+                 "largest |spread run - reference|), rounded up to 4 decimals; supports are counts and stay exact")
+
+
+def spread_tolerances(reference: dict, runs: list[dict], *, k: float, floor: float) -> dict[str, float]:
+    """Per-metric tolerances from run-to-run spread (see SPREAD_METHOD). `reference` and each run
+    are metrics trees restricted to the recorded families; a metric missing from a run is an error."""
+    ref = flatten(reference)
+    flat_runs = [flatten(r) for r in runs]
+    out: dict[str, float] = {}
+    for name, value in ref.items():
+        if name.endswith(".support"):
+            continue
+        try:
+            values = [value] + [r[name] for r in flat_runs]
+        except KeyError as exc:
+            raise ValueError(f"a spread run lacks metric {exc}") from exc
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        widest = max(abs(v - value) for v in values)
+        out[name] = math.ceil(max(floor, k * sd, widest) * 1e4 - 1e-9) / 1e4
+    return out
+
+
 def reference_from_metrics(metrics: dict, *, name: str, profile: str, model: str, tolerance: float,
-                           recorded: dict, source: str) -> dict:
-    """A `reference` registry document (a plain dict, validated) holding a run's metrics."""
+                           recorded: dict, source: str, spread: list[tuple[str, dict, str]] = (),
+                           spread_k: float = 3.0) -> dict:
+    """A `reference` registry document (a plain dict, validated) holding a run's metrics.
+    `spread`: (label, metrics, metrics_sha256) of other runs of the same recipe; when given, each
+    metric's tolerance is measured from them (`spread_tolerances`, `tolerance` as the floor)."""
     values = {fam: metrics[fam] for fam in _REFERENCE_FAMILIES if isinstance(metrics.get(fam), dict)}
     doc = {
         "schema_version": SCHEMA_VERSION,
@@ -255,6 +304,14 @@ def reference_from_metrics(metrics: dict, *, name: str, profile: str, model: str
         "tolerance": {"default": tolerance, "stats": {"support": 0} if _has_stat(values, "support") else {}},
         "recorded": recorded,
     }
+    if spread:
+        runs = [{fam: m[fam] for fam in values} for _, m, _ in spread]
+        doc["title"] = f"llamakit's own `{profile}` profile run (reference; tolerances from measured run-to-run spread)"
+        doc["tolerance"]["metrics"] = spread_tolerances(values, runs, k=spread_k, floor=tolerance)
+        doc["tolerance"]["derived"] = {
+            "method": SPREAD_METHOD, "k": spread_k, "floor": tolerance,
+            "runs": [{"label": label, "metrics_sha256": sha, "headline": m.get("headline", {})} for label, m, sha in spread],
+        }
     ResultEntry.model_validate(doc)
     return doc
 
@@ -298,8 +355,13 @@ def _main(argv: list[str] | None = None) -> int:
     rec.add_argument("--name", required=True)
     rec.add_argument("--profile", required=True)
     rec.add_argument("--model", required=True)
-    rec.add_argument("--tolerance", type=float, default=0.001)
+    rec.add_argument("--tolerance", type=float, default=0.001, help="the tolerance; with --spread, its floor")
+    rec.add_argument("--spread", action="append", default=[], metavar="LABEL=METRICS",
+                     help="metrics.json of another run of the same recipe (another seed, another cpu_isa); repeat it")
+    rec.add_argument("--spread-k", type=float, default=3.0, help="tolerance = k x the runs' standard deviation (at least)")
     rec.add_argument("--out", type=Path, default=None, help="default: manifests/results/<name>.yaml")
+    chk = sub.add_parser("checked", help="add the machine of a gated report (report.json) to a reference entry's checked_on")
+    chk.add_argument("report_dir", type=Path)
     check = sub.add_parser("check", help="validate every registry entry")
     check.add_argument("root", type=Path, nargs="?", default=None)
     args = parser.parse_args(argv)
@@ -307,24 +369,75 @@ def _main(argv: list[str] | None = None) -> int:
         for entry in list_results(args.root):
             print(f"ok  {entry.name} ({entry.kind}, {len(entry.flat_metrics())} metrics)")
         return 0
+    if args.cmd == "checked":
+        return _add_checked(args.report_dir)
     metrics = json.loads(args.metrics.read_text(encoding="utf-8"))
+    spread = []
+    for item in args.spread:
+        label, sep, path = item.rpartition("=")
+        if not sep or not label:
+            parser.error(f"--spread {item!r}: write LABEL=PATH, e.g. 'seed 1=runs/s1/metrics.json'")
+        spread.append((label, json.loads(Path(path).read_text(encoding="utf-8")), atomic.sha256_file(path)))
     git = provenance.git_state()
+    machine, environment = provenance.machine(), provenance.environment()
+    report_json = args.metrics.parent.parent / "report.json"
+    try:
+        rep = json.loads(report_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        rep = {}  # no report of this run (or not one we can read): this process describes the machine
+    if isinstance(rep, dict) and (rep.get("evaluation") or {}).get("metrics_sha256") == atomic.sha256_file(args.metrics):
+        # the pipeline's report of this very run: its view of the machine includes the fine-tune's CPU pins
+        prov = rep.get("provenance") or {}
+        machine, environment = prov.get("machine") or machine, prov.get("environment") or environment
     recorded = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "commit": git.get("commit"),
         "dirty": git.get("dirty"),
-        "machine": provenance.machine(),
+        "machine": machine,
+        "environment": environment,
         "metrics_file": str(args.metrics),
+        "metrics_sha256": atomic.sha256_file(args.metrics),
+        "checked_on": [],
     }
     doc = reference_from_metrics(metrics, name=args.name, profile=args.profile, model=args.model,
                                  tolerance=args.tolerance, recorded=recorded,
-                                 source=f"llamakit pipeline, `make repro PROFILE={args.profile}`")
+                                 source=f"llamakit pipeline, `make repro PROFILE={args.profile}`",
+                                 spread=spread, spread_k=args.spread_k)
     out = args.out or registry_dir() / f"{args.name}.yaml"
+    gate = ("tolerances measured from run-to-run spread (tolerance.derived)" if spread
+            else "tolerance ~0: this entry is a determinism gate")
     header = ("# Recorded from a real pipeline run by `python -m llamakit.results record`; regenerate,\n"
-              "# do not hand-edit values. Tolerance ~0: this entry is a determinism gate.\n")
+              f"# do not hand-edit values. {gate[0].upper() + gate[1:]}.\n")
     atomic.write_text(out, header + yaml.safe_dump(doc, sort_keys=False, width=110, default_flow_style=None))
     load_result_file(out)
     print(f"wrote {out}")
+    return 0
+
+
+def _add_checked(report_dir: Path) -> int:
+    """Append a gated report's machine and verdict to its reference entry's `recorded.checked_on`:
+    which CPUs the reference has been reproduced on, and whether byte for byte or within tolerance."""
+    from llamakit import atomic, report
+
+    rep = report.load_report(report_dir)
+    if rep.result.kind != "reference":
+        raise ManifestError(f"'{rep.result.name}' is a {rep.result.kind} entry; checked_on is for references", path=rep.meta["result_file"])
+    path = Path(rep.meta["result_file"])
+    text = path.read_text(encoding="utf-8")
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    doc = yaml.safe_load(text)
+    env = rep.provenance.get("environment") or {}
+    cpu = env.get("cpu") or {}
+    same = rep.meta["metrics_sha256"] == (doc.get("recorded") or {}).get("metrics_sha256")
+    row = {"cpu": cpu.get("model") or (rep.provenance.get("machine") or {}).get("cpu"), "isa": cpu.get("isa"),
+           "pins": cpu.get("pins") or {}, "commit": (rep.provenance.get("git") or {}).get("commit"),
+           "finished": rep.meta.get("run_finished"),
+           "verdict": ("byte-identical metrics" if same else "within tolerance") if rep.passed
+           else f"NOT REPRODUCED ({len(rep.failures)} metrics outside tolerance)"}
+    doc.setdefault("recorded", {}).setdefault("checked_on", []).append(row)
+    ResultEntry.model_validate(doc)
+    atomic.write_text(path, header + yaml.safe_dump(doc, sort_keys=False, width=110, default_flow_style=None))
+    print(f"{path}: checked on {row['cpu']} ({row['isa']}): {row['verdict']}")
     return 0
 
 

@@ -18,7 +18,7 @@ from llamakit.errors import InputFileError
 
 SUMMARY = "train_summary.json"
 # Keys of train_summary.json copied as they are into the report's provenance.
-_KEEP = ("profile", "overrides", "device", "world_size", "backend", "deterministic", "data_order", "fingerprint",
+_KEEP = ("profile", "overrides", "device", "cpu", "world_size", "backend", "deterministic", "data_order", "fingerprint",
          "steps", "total_steps", "tokens", "final_loss", "resumed_from_step", "wall_s", "train_s", "tokens_per_s", "ensemble")
 _MEMBER_KEEP = ("steps", "train_s", "wall_s", "final_loss", "resumed_from_step", "fingerprint")
 

@@ -274,3 +274,45 @@ def test_gate_an_existing_report_without_rebuilding(tmp_path):
     assert stale.returncode == 2 and "stale" in stale.stderr
     half = _cli("--out", str(out), "--metrics", str(mpath))
     assert half.returncode == 2 and "--metrics and --result go together" in half.stderr
+
+
+def _reference_entry(tmp_path: Path, metrics: dict, environment: dict) -> Path:
+    doc = results.reference_from_metrics(metrics, name="toy-ci", profile="ci", model="tiny", tolerance=0.0,
+                                         recorded={"environment": environment}, source="test")
+    path = tmp_path / "toy-ci.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_gate_names_how_the_environment_differs_from_the_references(tmp_path):
+    """A red reference gate explains itself: CPU, ISA pins, lock and package versions that differ."""
+    from rich.console import Console
+
+    m = _seed_metrics()
+    run = _dvclive_run(tmp_path)
+    summary = json.loads((run / "train_summary.json").read_text())
+    cpu = {"vendor": "AuthenticAMD", "model": "AMD EPYC", "isa": "avx2", "flags": ["avx2"], "pins": {"MKL_CBWR": "AVX2"}}
+    (run / "train_summary.json").write_text(json.dumps({**summary, "cpu": cpu}))
+    here = provenance.environment()
+    theirs = {"lock": {"path": "requirements/lock.txt", "sha256": "ab" * 32},
+              "installed": {**here["installed"], "torch": "2.99.0"},
+              "cpu": {"vendor": "GenuineIntel", "model": "Intel(R) Xeon(R) Processor", "isa": "avx512", "pins": {}}}
+    entry = _reference_entry(tmp_path, m, theirs)
+    out = tmp_path / "out"
+    rep = report.build_report(_write_eval(tmp_path, m), entry, out, run_dir=run, dvc_lock=None)
+    assert rep.provenance["environment"]["cpu"] == cpu  # the fine-tune's view, pins included
+    lines = report.environment_differences(rep)
+    assert any(l.startswith("CPU: AMD EPYC here, Intel(R) Xeon(R) Processor in the reference") for l in lines)
+    assert any(l.startswith("CPU ISA: avx2 here, avx512 in the reference") for l in lines)
+    assert any(l.startswith("ISA pins: MKL_CBWR=AVX2 here, none in the reference") for l in lines)
+    assert any(l.startswith("dependency lock sha256:") and "abababababab in the reference" in l for l in lines)
+    assert any(l.startswith("packages: ") and "torch" in l and "(reference 2.99.0)" in l for l in lines)
+    console = Console(width=120, record=True, file=open("/dev/null", "w"))
+    console.print(report.summary(rep))
+    text = console.export_text()
+    assert text.index("differs from the reference's") < text.index("metric ")  # above the table
+
+    same = _reference_entry(tmp_path / "same", m, rep.provenance["environment"])
+    rep2 = report.build_report(_write_eval(tmp_path / "b", m), same, tmp_path / "out2", run_dir=run, dvc_lock=None)
+    assert report.environment_differences(rep2) == []

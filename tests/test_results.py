@@ -186,3 +186,61 @@ def test_record_reference_roundtrip(tmp_path):
         assert results.lookup(m, name) == value
     assert {"token", "entity", "headline"} <= set(entry.metrics)
     assert entry.recorded["metrics_file"] == str(mpath)
+
+
+def _metrics_for(pred: list[list[str]]) -> dict:
+    from llamakit.train import metrics
+
+    labels = ["B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER", "O"]
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG", "O", "B-MISC"]]
+    m = metrics.compute(gold, pred, labels, ["LOC", "MISC", "ORG", "PER"])
+    return {"split": "test", "n_sentences": 2, "n_words": 9, **{k: m[k] for k in ("token", "entity", "headline")}}
+
+
+def test_spread_tolerances_follow_the_runs():
+    import statistics
+
+    ref = {"a": {"f1": 0.80, "support": 10.0}, "b": {"f1": 0.5, "support": 4.0}}
+    runs = [{"a": {"f1": 0.82, "support": 10.0}, "b": {"f1": 0.5, "support": 4.0}},
+            {"a": {"f1": 0.77, "support": 10.0}, "b": {"f1": 0.5, "support": 4.0}}]
+    tol = results.spread_tolerances(ref, runs, k=3, floor=0.001)
+    sd = statistics.stdev([0.80, 0.82, 0.77])
+    assert tol["a.f1"] == pytest.approx(3 * sd, abs=1e-4) and tol["a.f1"] >= 3 * sd  # rounded up, never down
+    assert tol["b.f1"] == 0.001  # no spread: the floor
+    assert "a.support" not in tol  # counts stay exact
+    # at least the widest deviation seen, whatever k says
+    assert results.spread_tolerances(ref, runs, k=0.1, floor=0.0)["a.f1"] == pytest.approx(0.03)
+    with pytest.raises(ValueError, match="lacks metric"):
+        results.spread_tolerances(ref, [{"a": {"f1": 0.8}}], k=3, floor=0.0)
+
+
+def test_record_with_spread_measures_each_tolerance_and_says_how(tmp_path):
+    ref = _metrics_for([["B-PER", "O", "O", "B-LOC"], ["O", "B-ORG", "I-ORG", "O", "B-LOC"]])
+    other = _metrics_for([["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "O", "O", "B-MISC"]])
+    paths = []
+    for i, m in enumerate((ref, other)):
+        paths.append(tmp_path / f"m{i}.json")
+        paths[-1].write_text(json.dumps(m))
+    out = tmp_path / "toy-ci.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "llamakit.results", "record", str(paths[0]), "--name", "toy-ci", "--profile", "ci",
+         "--model", "tiny", "--tolerance", "0.002", "--spread", f"seed 1={paths[1]}", "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    entry = results.load_result_file(out)
+    derived = entry.tolerance.derived
+    assert derived is not None and derived.k == 3.0 and derived.floor == 0.002
+    assert [r.label for r in derived.runs] == ["seed 1"] and derived.runs[0].headline == other["headline"]
+    # the tolerance of a metric the two runs disagree on covers the disagreement; one they agree on gets the floor
+    gap = abs(ref["token"]["I-PER"]["f1"] - other["token"]["I-PER"]["f1"])
+    assert gap > 0 and entry.tolerance_for("token.I-PER.f1") >= gap
+    assert ref["token"]["B-PER"]["f1"] == other["token"]["B-PER"]["f1"]
+    assert entry.tolerance_for("token.B-PER.f1") == 0.002
+    assert entry.tolerance_for("token.B-PER.support") == 0
+    assert "run-to-run spread" in out.read_text().splitlines()[1]
+    # the other run now passes the gate; a run outside the measured spread does not
+    from llamakit import report
+
+    assert all(r.passed for r in report.compare(other, entry))
+    worse = _metrics_for([["O", "O", "O", "O"], ["O", "O", "O", "O", "O"]])
+    assert not all(r.passed for r in report.compare(worse, entry))

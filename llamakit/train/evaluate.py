@@ -52,6 +52,7 @@ def run(
     decode: str = "argmax",
     pack_documents: int | None = None,
     show_progress: bool = True,
+    cpu_isa: str = "native",
 ) -> EvalResult:
     """Evaluate `model_dir` on `split` of the prepared `data_dir`; publish the outputs in `out_dir`.
 
@@ -62,8 +63,12 @@ def run(
     decodes the mean of their per-word probabilities (llamakit/train/ensemble.py). A list of
     several directories is an ensemble put together here, of models fine-tuned separately (each
     one a model or an ensemble directory; their members all count alike): how one picks members
-    on dev before writing them into a recipe's `ensemble:`.
+    on dev before writing them into a recipe's `ensemble:`. `cpu_isa` caps the CPU kernels' ISA
+    before torch starts (llamakit/numerics.py), as the recipe's key of that name does for training.
     """
+    from llamakit import numerics
+
+    numerics.apply(cpu_isa)
     import torch
 
     from llamakit.train.decode import DECODERS
@@ -143,6 +148,7 @@ def run(
             "bidirectional": all(x["bidirectional"] for x in info),
             "device": device,
             "dtype": "float32",
+            "cpu_isa": cpu_isa,
             "entity_mode": "seqeval strict IOB2",
             "decoding": "per-word argmax" if decode == "argmax" else "viterbi (valid IOB2 sequences only)",
             "context": _context(info[0]["pack"]) if not members else "each member as it was trained (ensemble)",

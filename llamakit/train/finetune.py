@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llamakit import numerics
 from llamakit.atomic import write_json as write_json_atomic
 from llamakit.train import checkpoint as ckpt
 from llamakit.train.components import Determinism, build_model, build_optimizer, check_model_dir, init_distributed, pick_device, unwrap
@@ -129,6 +130,7 @@ def train(recipe: Recipe, *, provenance: dict | None = None, on_step=None) -> Fi
     if recipe.deterministic:
         # cuBLAS reads this when its first handle is created, so before NCCL or the model touch CUDA.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    numerics.apply(recipe.cpu_isa)  # MKL, ATen and oneDNN read their ISA caps once, when torch starts
     import torch
 
     dist = init_distributed("cuda" if recipe.device != "cpu" and torch.cuda.is_available() else "cpu")

@@ -13,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from llamakit import numerics
 from llamakit.atomic import replace_dir
 from llamakit.train.modeling import quiet_transformers
 from llamakit.train.recipe import Recipe
@@ -103,6 +104,7 @@ def summarize(recipe, dist, det, split, labels, result, fingerprint, provenance,
             "max_sentences_per_batch": recipe.max_sentences_per_batch,
         },
         "threads": det.threads,
+        "cpu": numerics.describe(),  # the ISA paths this run's kernels could take (recipe.cpu_isa caps them)
         "deterministic": torch.are_deterministic_algorithms_enabled(),
         "device": str(device),
         "world_size": dist.world,
@@ -136,7 +138,7 @@ def summarize_ensemble(recipe, provenance: dict, members: list[dict]) -> dict:
         "ensemble": len(members),
         "seeds": {f"member {k}": m.get("seeds") for k, m in enumerate(members, start=1)},
         "fingerprint": "+".join(str(m.get("fingerprint")) for m in members),
-        **{k: first.get(k) for k in ("threads", "deterministic", "device", "world_size", "backend", "versions", "data_order")},
+        **{k: first.get(k) for k in ("threads", "cpu", "deterministic", "device", "world_size", "backend", "versions", "data_order")},
         "steps": sum(m.get("steps", 0) for m in members),
         "total_steps": sum(m.get("total_steps", 0) for m in members),
         "tokens": tokens,

@@ -69,6 +69,10 @@ class Recipe(BaseModel):
     threads: int = Field(2, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True
+    # CPU numerics: `native` lets torch, MKL and oneDNN pick the widest ISA of this CPU; `avx2` caps
+    # all three at AVX2 before torch starts (llamakit/numerics.py), so CPUs of other vendors and
+    # generations can take the same code paths. Like threads, it changes rounding, not the recipe.
+    cpu_isa: Literal["native", "avx2"] = "native"
     # checkpoints, logging, evaluation
     checkpoint_every: int = Field(200, ge=1)
     keep_checkpoints: int = Field(1, ge=1)
@@ -87,11 +91,11 @@ class Recipe(BaseModel):
     def schedule_fingerprint(self) -> str:
         """Hash of everything that fixes the trajectory; a checkpoint only resumes a run with the
         same one. The data is checked by its sha256 instead of its path; paths, logging, checkpoint cadence, the interruption knob and the machine (device,
-        threads: they change rounding, not the recipe) do not change it. An ensemble's members
+        threads, cpu_isa: they change rounding, not the recipe) do not change it. An ensemble's members
         each have their own. A key added after checkpoints existed counts only when set away from
         its default (which reproduces the behaviour from before the key), so upgrading llamakit does
         not orphan a run's checkpoints."""
-        skip = {"ensemble", "data", "out", "checkpoint_every", "keep_checkpoints", "resume", "stop_after_steps", "log_every", "eval_sentences", "device", "threads", "deterministic"}
+        skip = {"ensemble", "data", "out", "checkpoint_every", "keep_checkpoints", "resume", "stop_after_steps", "log_every", "eval_sentences", "device", "threads", "deterministic", "cpu_isa"}
         data = {k: v for k, v in self.resolved().items()
                 if k not in skip and not (k in ADDED_LATER and v == Recipe.model_fields[k].default)}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -117,8 +121,8 @@ class Recipe(BaseModel):
 # recipe keys added after the first checkpoints were written; see Recipe.schedule_fingerprint
 ADDED_LATER = {"pack_documents"}
 
-# paths and the ensemble itself are the run's, not a member's
-MEMBER_FIXED = {"model", "data", "out", "ensemble"}
+# paths and the ensemble itself are the run's, not a member's; so is the process's CPU numerics
+MEMBER_FIXED = {"model", "data", "out", "ensemble", "cpu_isa"}  # cpu_isa: set once, before torch starts
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
