@@ -244,3 +244,42 @@ def test_record_with_spread_measures_each_tolerance_and_says_how(tmp_path):
     assert all(r.passed for r in report.compare(other, entry))
     worse = _metrics_for([["O", "O", "O", "O"], ["O", "O", "O", "O", "O"]])
     assert not all(r.passed for r in report.compare(worse, entry))
+
+
+def test_checked_adds_the_gated_runs_cpu_and_verdict(tmp_path):
+    from llamakit import atomic, report
+
+    m = _metrics_for([["B-PER", "O", "O", "B-LOC"], ["O", "B-ORG", "I-ORG", "O", "B-LOC"]])
+    mpath = tmp_path / "eval" / "metrics.json"
+    mpath.parent.mkdir()
+    mpath.write_text(json.dumps(m))
+    entry_path = tmp_path / "toy-ci.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "llamakit.results", "record", str(mpath), "--name", "toy-ci", "--profile", "ci",
+         "--model", "tiny", "--out", str(entry_path)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert results.load_result_file(entry_path).recorded["metrics_sha256"] == atomic.sha256_file(mpath)
+
+    def checked(out):
+        proc = subprocess.run([sys.executable, "-m", "llamakit.results", "checked", str(out)],
+                              capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        return results.load_result_file(entry_path).recorded["checked_on"][-1]
+
+    report.build_report(mpath, entry_path, tmp_path / "same", dvc_lock=None)
+    row = checked(tmp_path / "same")
+    assert row["verdict"] == "byte-identical metrics" and row["cpu"] == report.provenance.machine()["cpu"]
+    assert open(entry_path).readline().startswith("# Recorded from a real pipeline run")  # header kept
+
+    moved = json.loads(mpath.read_text())
+    moved["token"]["O"]["f1"] += 0.0005  # inside the default 0.001
+    other = tmp_path / "other" / "metrics.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps(moved))
+    report.build_report(other, entry_path, tmp_path / "near", dvc_lock=None)
+    assert checked(tmp_path / "near")["verdict"] == "within tolerance"
+    moved["token"]["O"]["f1"] += 0.01
+    other.write_text(json.dumps(moved))
+    report.build_report(other, entry_path, tmp_path / "far", dvc_lock=None)
+    assert checked(tmp_path / "far")["verdict"].startswith("NOT REPRODUCED (1 metrics")
+    assert len(results.load_result_file(entry_path).recorded["checked_on"]) == 3
