@@ -158,6 +158,26 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, assets):
     assert summary["final_loss"] == ref.final_loss
 
 
+def test_pinned_cpu_isa_runs_are_bit_identical_and_say_so(tmp_path, assets):
+    """`cpu_isa: avx2` (the ci profile's) through the real command, twice: the pins reach torch
+    before it starts, the summary records them, and the two runs agree byte for byte."""
+    from llamakit import numerics
+
+    if "avx2" not in numerics.describe()["flags"]:
+        pytest.skip("this CPU has no AVX2")
+    env = {k: v for k, v in os.environ.items() if k not in numerics.VARIABLES}
+    for out in ("p1", "p2"):
+        recipe = make_recipe(tmp_path, assets, out=out, cpu_isa="avx2", epochs=1, eval_sentences=0)
+        proc = _cli("finetune", str(recipe), env=env)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    summary = json.loads((tmp_path / "p1" / "train_summary.json").read_text())
+    assert summary["cpu"]["pins"] == numerics.PINS["avx2"] and summary["cpu"]["torch_capability"] == "AVX2"
+    assert summary["recipe"]["cpu_isa"] == "avx2"
+    assert_same_weights(tmp_path / "p1" / "model", tmp_path / "p2" / "model")
+    assert summary["final_loss"] == json.loads((tmp_path / "p2" / "train_summary.json").read_text())["final_loss"]
+
+
 def test_resume_refuses_another_recipe_and_never_starts_over(tmp_path, assets):
     recipe = make_recipe(tmp_path, assets)
     finetune.run(recipe, overrides=["stop_after_steps=4"])
