@@ -290,24 +290,9 @@ def _per_tag_csv(per_tag: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fmt(x: Optional[float], decimals: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    if float(x).is_integer() and abs(x) >= 1:
-        return f"{int(x):,}"
-    return f"{x:.{decimals}f}"
-
-
-def fmt_delta(row: "MetricRow") -> str:
-    if row.delta is None:
-        return "—"
-    if row.name.endswith(".support") and float(row.delta).is_integer():  # counts: whole words
-        return f"{int(row.delta):+d}"
-    return f"{row.delta:+.4f}"
-
-
 def summary(rep: Report):
     """One screen: verdict, the F1 rows (all rows when few), failures, and provenance in a few lines."""
+    from llamakit.report_render import fmt, fmt_delta  # rendering lives there; report_render imports nothing of ours
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
