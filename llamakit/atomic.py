@@ -18,10 +18,22 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from llamakit.errors import UsageError
+from llamakit.errors import LocalIOError, UsageError
 
 _UMASK = os.umask(0o022)  # read once at import (reading it means setting it), before any threads start
 os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def local_io(path: str | Path, *, fix: str | None = None) -> Iterator[None]:
+    """Turn an OSError raised inside the block into a LocalIOError (exit 4) naming `path` (the
+    destination the user chose, not the temporary name being written) and, for a full disk, the free
+    space there: a write that failed is this machine's problem, not a failed check (exit 1) or a bad
+    input (exit 2). Blocks that read inputs turn their read errors into InputFileError first."""
+    try:
+        yield
+    except OSError as exc:
+        raise LocalIOError.from_os(exc, path, fix=fix) from exc
 
 
 def write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> Path:
@@ -68,17 +80,16 @@ def atomic_dir(out: str | Path, *, marker: str) -> Iterator[Path]:
                 path=out,
                 fix="choose an empty or new --out, or delete it yourself",
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the published dir should look like any other
-    try:
-        yield tmp
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with local_io(out):  # a read-only parent, a file in the way, a full disk: exit 4 naming --out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes it 0700; the published dir should look like any other
+            yield tmp
+            replace_dir(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(tmp: str | Path, out: str | Path) -> Path:

@@ -255,21 +255,47 @@ def _debug() -> bool:
 
 
 def main() -> None:
+    import signal
+
+    interrupts: list[int] = []
+
+    def on_interrupt(signum, frame):  # Python's own handler, plus a record that it fired
+        interrupts.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         app()
-    except LlamakitError as exc:
-        if _debug():
+    except BaseException as exc:  # noqa: BLE001 - the edge: one line and an exit code, not a traceback
+        if _debug() and not isinstance(exc, SystemExit):
             raise
-        sys.stderr.write(f"error: {exc.one_line()}\n")
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the edge: one line, not a traceback
-        if _debug():
+        line, code = _one_line(exc, interrupted=bool(interrupts))
+        if line is None:
             raise
-        sys.stderr.write(f"error: {type(exc).__name__}: {exc} (set LLAMAKIT_DEBUG=1 for the traceback)\n")
-        sys.exit(1)
+        sys.stderr.write(line + "\n")
+        sys.exit(code)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _one_line(exc: BaseException, *, interrupted: bool) -> tuple[Optional[str], int]:
+    """What the user reads for `exc`, and the exit code (README's table); (None, _) to let it pass."""
+    if interrupted or isinstance(exc, KeyboardInterrupt):
+        # After Ctrl-C anything may surface: typer's Exit(130), or an import the interrupt broke
+        # (transformers then says "Could not import module 'LlamaConfig'"). Cleanup already ran
+        # (staging and atomic directories remove themselves), so the line is the same for all.
+        return "interrupted; nothing written", 130
+    if isinstance(exc, SystemExit):
+        return None, 0
+    if isinstance(exc, LlamakitError):
+        return f"error: {exc.one_line()}", exc.exit_code
+    if isinstance(exc, OSError):  # a local read/write no command typed itself (e.g. --out under a file)
+        from llamakit.errors import LocalIOError
+
+        return f"error: {LocalIOError.from_os(exc).one_line()}", LocalIOError.exit_code
+    if isinstance(exc, Exception):
+        return f"error: {type(exc).__name__}: {exc} (set LLAMAKIT_DEBUG=1 for the traceback)", 1
+    return None, 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Exit codes: 1 = a check failed (mismatch, tolerance, corrupt download);
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,18 +115,72 @@ class NetworkError(LlamakitError):
     exit_code = 1
 
 
-class DiskFullError(LlamakitError):
-    """No space (or a file-size limit) while writing; partial data stays under a temporary name."""
+# --- local I/O (exit 4: this machine's disk, not the input, the network or a check) --
 
-    exit_code = 1
 
-    def __init__(self, path: str | Path, cause: OSError | None = None):
-        why = f" ({cause.strerror})" if cause is not None and cause.strerror else ""
-        super().__init__(
-            f"out of disk space while writing{why}",
-            path=path,
-            fix="free space (or choose another --out) and rerun; the partial download is kept and resumes",
-        )
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_WHY = {
+    errno.EROFS: "the filesystem is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a path component is a file, not a directory",
+    errno.EEXIST: "a file is in the way where a directory is needed",
+    errno.EISDIR: "it is a directory",
+    errno.ENOENT: "no such file or directory",
+    errno.EIO: "input/output error",
+}
+
+
+class LocalIOError(LlamakitError):
+    """Reading or writing on this machine failed: disk full, read-only or unwritable destination, a
+    destination under a file. Names the path; for a full disk also the free space left there."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, *, path: str | Path, fix: str | None = None, errno_: int | None = None):
+        super().__init__(message, path=path, fix=fix or "check the destination (free space, permissions) and rerun")
+        self.errno = errno_
+
+    @classmethod
+    def from_os(cls, exc: OSError, path: str | Path | None = None, *, fix: str | None = None,
+                free_at: str | Path | None = None) -> "LocalIOError":
+        """`exc` as one line naming `path` (default: the file the OSError names); a full disk's free
+        space is measured at `free_at` (default: `path`)."""
+        where = Path(path if path is not None else (exc.filename or "."))
+        code = exc.errno
+        if code in _NO_SPACE:
+            free = free_space(free_at if free_at is not None else where)
+            said = "free" in (exc.strerror or "")  # the caller already counted it (fetch's pre-check)
+            room = f"; {free / 1e9:.2f} GB free there" if free is not None and not said else ""
+            what = "file too large for the destination (a filesystem or process size limit)" if code == errno.EFBIG \
+                else "out of disk space"
+            return cls(f"{what} while writing ({exc.strerror or code}){room}", path=where, errno_=code,
+                       fix=fix or "free space (or choose another destination) and rerun")
+        why = _WHY.get(code) or exc.strerror or str(exc)
+        return cls(f"cannot write or read here: {why}", path=where, errno_=code, fix=fix)
+
+
+def free_space(path: str | Path) -> int | None:
+    """Free bytes on the filesystem holding `path` (its nearest existing ancestor), or None."""
+    import shutil
+
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+class DiskFullError(LocalIOError):
+    """No space (or a file-size limit) while downloading; partial data stays under a temporary name."""
+
+    def __init__(self, path: str | Path, cause: OSError | None = None, *, free_at: str | Path | None = None):
+        err = cause if cause is not None else OSError(errno.ENOSPC, "No space left on device")
+        base = LocalIOError.from_os(err, path, free_at=free_at)
+        super().__init__(base.message, path=path, errno_=base.errno,
+                         fix="free space (or choose another --out) and rerun; the partial download is kept and resumes")
 
 
 # --- failed checks (exit 1) -----------------------------------------------------

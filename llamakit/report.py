@@ -167,6 +167,8 @@ def build_report(metrics_path: str | Path, result_name_or_path: str | Path, out_
                  dvc_lock: str | Path | None = "dvc.lock", release_lock: str | Path | None = None,
                  repo_root: str | Path = ".") -> Report:
     metrics_path, out_dir = Path(metrics_path), Path(out_dir)
+    _check_provenance_inputs(Path(dvc_lock) if dvc_lock is not None else None,
+                             Path(release_lock) if release_lock is not None else None)
     run = read_run(Path(run_dir) if run_dir is not None else None)
     entry = results.load_result(result_name_or_path)
     metrics = read_json(metrics_path, "metrics.json")
@@ -193,6 +195,31 @@ def build_report(metrics_path: str | Path, result_name_or_path: str | Path, out_
     rep.plots = {"per_tag_f1": _per_tag(rows), "loss": run.loss, "confusion": _confusion(metrics_path)}
     write_report(rep)
     return rep
+
+
+def _check_provenance_inputs(dvc_lock: Optional[Path], release_lock: Optional[Path]) -> None:
+    """A --dvc-lock or --release-lock that is there but is not one is refused, not recorded as empty
+    provenance. (A missing default dvc.lock is allowed: a report built outside a DVC checkout.)"""
+    if dvc_lock is not None and dvc_lock.exists():
+        import yaml
+
+        try:
+            doc = yaml.safe_load(dvc_lock.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise InputFileError(f"dvc.lock is not readable YAML ({type(exc).__name__})", path=dvc_lock,
+                                 fix="pass the dvc.lock `dvc repro` wrote (--dvc-lock)") from None
+        stages = doc.get("stages") if isinstance(doc, dict) else None
+        if not isinstance(stages, dict) or not all(isinstance(b, dict) and isinstance(b.get("outs", []), list)
+                                                   for b in stages.values()):
+            what = type(doc).__name__ if not isinstance(doc, dict) else "no `stages:` mapping of stages with `outs:` lists"
+            raise InputFileError(f"not a dvc.lock ({'a YAML ' + what if not isinstance(doc, dict) else what})",
+                                 path=dvc_lock, fix="pass the dvc.lock `dvc repro` wrote (--dvc-lock)")
+    if release_lock is not None:
+        doc = read_json(release_lock, "release lock")  # missing, unreadable or not an object: InputFileError
+        files = doc.get("files")
+        if not isinstance(files, (list, dict)) or not files:
+            raise InputFileError("not a release lock (no `files` list)", path=release_lock,
+                                 fix="pass a lock from manifests/locks/ (`llamakit lock MODEL` writes one)")
 
 
 def _sha256(path: Path) -> str:
@@ -242,16 +269,17 @@ def write_report(rep: Report) -> list[Path]:
     from llamakit import report_render
 
     out = rep.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    written = [
-        atomic.write_text(out / "report.json", json.dumps(rep.to_json(), indent=2, default=str) + "\n"),
-        atomic.write_text(out / "report.md", report_render.markdown(rep)),
-        atomic.write_text(out / "report.html", report_render.html(rep)),
-        atomic.write_text(out / "per_tag_f1.csv", _per_tag_csv(rep.plots["per_tag_f1"])),
-    ]
+    files = {
+        "report.json": json.dumps(rep.to_json(), indent=2, default=str) + "\n",
+        "report.md": report_render.markdown(rep),
+        "report.html": report_render.html(rep),
+        "per_tag_f1.csv": _per_tag_csv(rep.plots["per_tag_f1"]),
+    }
     if rep.plots["loss"]:
-        text = "step\tloss\n" + "".join(f"{int(s) if s == int(s) else s}\t{v!r}\n" for s, v in rep.plots["loss"])
-        written.append(atomic.write_text(out / "loss.tsv", text))
+        files["loss.tsv"] = "step\tloss\n" + "".join(f"{int(s) if s == int(s) else s}\t{v!r}\n" for s, v in rep.plots["loss"])
+    with atomic.local_io(out, fix="choose a writable --out"):  # rendered first: a failed write is the disk's fault
+        out.mkdir(parents=True, exist_ok=True)
+        written = [atomic.write_text(out / name, text) for name, text in files.items()]
     rep.written = written
     return written
 
@@ -264,24 +292,9 @@ def _per_tag_csv(per_tag: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fmt(x: Optional[float], decimals: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    if float(x).is_integer() and abs(x) >= 1:
-        return f"{int(x):,}"
-    return f"{x:.{decimals}f}"
-
-
-def fmt_delta(row: "MetricRow") -> str:
-    if row.delta is None:
-        return "—"
-    if row.name.endswith(".support") and float(row.delta).is_integer():  # counts: whole words
-        return f"{int(row.delta):+d}"
-    return f"{row.delta:+.4f}"
-
-
 def summary(rep: Report):
     """One screen: verdict, the F1 rows (all rows when few), failures, and provenance in a few lines."""
+    from llamakit.report_render import fmt, fmt_delta  # rendering lives there; report_render imports nothing of ours
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table

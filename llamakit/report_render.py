@@ -10,17 +10,32 @@ from __future__ import annotations
 import json
 import math
 from html import escape
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
-if TYPE_CHECKING:
-    from llamakit.report import Report
+# Functions here take a llamakit.report.Report ("Report" below, by duck typing: rows, failures, passed,
+# provenance, meta, plots, result); this module imports nothing of ours, so report -> report_render only.
 
 _REPORTED, _PASS, _FAIL, _GRID, _INK = "#9aa5b1", "#2b6cb0", "#c53030", "#e2e8f0", "#1a202c"
 
 
-def _f(x: Optional[float], d: int = 4) -> str:
-    from llamakit.report import fmt
+def fmt(x: Optional[float], decimals: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if float(x).is_integer() and abs(x) >= 1:
+        return f"{int(x):,}"
+    return f"{x:.{decimals}f}"
 
+
+def fmt_delta(row) -> str:
+    """A MetricRow's reproduced - reported."""
+    if row.delta is None:
+        return "—"
+    if row.name.endswith(".support") and float(row.delta).is_integer():  # counts: whole words
+        return f"{int(row.delta):+d}"
+    return f"{row.delta:+.4f}"
+
+
+def _f(x: Optional[float], d: int = 4) -> str:
     return fmt(x, d)
 
 
@@ -84,8 +99,6 @@ def markdown(rep: "Report") -> str:
            + (f" — {e.citation.table}" if e.citation.table else ""), f"- Model: {e.model}",
            f"- Run finished: {rep.meta['run_finished'] or '—'}", "",
            "| metric | reported | reproduced | Δ | tolerance | |", "|---|---:|---:|---:|---:|---|"]
-    from llamakit.report import fmt_delta
-
     for r in rep.rows:
         out.append(f"| `{r.name}` | {_f(r.reported)} | {_f(r.reproduced)} | {fmt_delta(r)} | {r.tolerance_label} | "
                    f"{'pass' if r.passed else '**FAIL**'} |")
@@ -217,8 +230,6 @@ def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozens
 
 
 def html(rep: "Report") -> str:
-    from llamakit.report import fmt_delta
-
     e = rep.result
     metric_rows = [[f"<code>{escape(r.name)}</code>", _f(r.reported), _f(r.reproduced), fmt_delta(r), r.tolerance_label,
                     '<span class="pass">pass</span>' if r.passed else '<span class="fail">FAIL</span>'] for r in rep.rows]

@@ -73,7 +73,7 @@ class Tolerance(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    default: float = Field(ge=0)
+    default: float = Field(ge=0, allow_inf_nan=False)  # .inf would let every metric pass the gate
     stats: dict[str, float] = {}
     metrics: dict[str, float] = {}
     at_least: list[str] = []
@@ -82,9 +82,9 @@ class Tolerance(BaseModel):
     @field_validator("stats", "metrics")
     @classmethod
     def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [k for k, x in v.items() if not (isinstance(x, (int, float)) and x >= 0)]
+        bad = [k for k, x in v.items() if not (isinstance(x, (int, float)) and math.isfinite(x) and x >= 0)]
         if bad:
-            raise ValueError(f"tolerances must be numbers >= 0 (bad: {', '.join(bad)})")
+            raise ValueError(f"tolerances must be finite numbers >= 0 (bad: {', '.join(bad)})")
         return v
 
 

@@ -165,8 +165,7 @@ def verify_dir(directory: str | Path, *, lock: str | Path | None = None, workers
         for rel, md5 in listed.items():
             expect.setdefault(rel, _Expect()).md5 = md5
     if not expect and not (hash_all and allow_extra):
-        raise InputFileError("nothing to verify against: no lock and no checklist.chk", path=directory,
-                             fix="pass --lock FILE|MODEL, or fetch with `llamakit fetch` (it leaves a lock)")
+        raise _nothing_to_verify(directory, [checks[c] for c in checklists])
 
     jobs, job_paths = [], []
     for rel, exp in sorted(expect.items()):
@@ -219,6 +218,17 @@ def verify_dir(directory: str | Path, *, lock: str | Path | None = None, workers
                     fc.status = "md5" if algo == "md5" else "altered"
     files = sorted(checks.values(), key=lambda f: f.path)
     return VerifyReport(str(directory), lock_src, checklists, files, hashed, time.perf_counter() - t0)
+
+
+def _nothing_to_verify(directory: Path, checklists: list[FileCheck]) -> InputFileError:
+    """No lock and no usable checklist. A checklist that is there but is not one (the HTML page Meta's
+    CDN served in its place, an empty file) is named with what it holds, not called absent."""
+    bad = [c for c in checklists if c.status != OK]
+    if bad:
+        return InputFileError(f"{bad[0].detail}, and there is no lock to verify against", path=directory / bad[0].path,
+                              fix="fetch the checklist again (an expired presigned URL serves an error page), or pass --lock FILE|MODEL")
+    return InputFileError("nothing to verify against: no lock and no checklist.chk", path=directory,
+                          fix="pass --lock FILE|MODEL, or fetch with `llamakit fetch` (it leaves a lock)")
 
 
 _STYLE = {OK: "green", "extra": "yellow"}

@@ -103,7 +103,10 @@ def read_header(path: Path) -> tuple[dict, list[GGUFTensor]]:
             name = c.string()
             dims = [c.take("<Q") for _ in range(c.take("<I"))]
             infos.append((name, tuple(reversed(dims)), c.take("<I"), c.take("<Q")))
-        align = int(meta.get("general.alignment", 32))
+        align = meta.get("general.alignment", 32)
+        if type(align) is not int or align <= 0 or align & (align - 1):  # llama.cpp's own rule: a power of two
+            raise InputFileError(f"GGUF header is corrupt (general.alignment {align!r}: not a positive power of two)",
+                                 path=path, fix="re-download it, or re-export it with llama.cpp's convert script")
         data_start = c.pos + (-c.pos % align)
         size = len(buf)
     tensors = []

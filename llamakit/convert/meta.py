@@ -92,6 +92,13 @@ def plan_shards(params: dict, shards: list[dict[str, tuple[tuple[int, ...], "tor
     head_dim = dim // n_heads
     if "layers.0.attention.wq.weight" not in rules or "tok_embeddings.weight" not in rules:
         raise ConversionError("no layers.0.attention.wq.weight / tok_embeddings.weight: not a Llama checkpoint", path=where)
+    for norm in ("norm.weight", "layers.0.attention_norm.weight"):  # replicated on every shard: whole at any MP
+        shape = tuple(shards[0][norm][0]) if norm in shards[0] else None
+        if shape is not None and shape != (dim,):
+            # checked before the shard count: a bigger model's params.json must not read as missing shards
+            raise ConversionError(f"the shards' shapes disagree with params.json: '{norm}' is {shape}, params.json's "
+                                  f"dim {dim} implies ({dim},)", path=where / "params.json",
+                                  fix="params.json belongs to another model; use the one shipped with these shards")
     wq_rows = shards[0]["layers.0.attention.wq.weight"][0][0]
     if wq_rows * n != n_heads * head_dim:
         mp_shapes = (n_heads * head_dim) // wq_rows if wq_rows and (n_heads * head_dim) % wq_rows == 0 else None

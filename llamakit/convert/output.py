@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from llamakit.convert._libc import libc
-from llamakit.errors import DestinationExistsError, UsageError
+from llamakit.atomic import local_io
+from llamakit.errors import DestinationExistsError, LocalIOError, UsageError
 
 
 @dataclass(frozen=True)
@@ -241,19 +242,32 @@ def _fsync_tree(root: Path) -> None:
 def staging(dst: Path, *, force: bool) -> Iterator[Path]:
     """A fresh directory that becomes DST if the block completes, and vanishes if it raises."""
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    sweep(dst)
-    check_destination(dst, force=force)
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    with local_io(dst, fix="choose a writable DST with room for the model"):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        sweep(dst)
+        check_destination(dst, force=force)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
     try:
         yield tmp
         _fsync_tree(tmp)
         _commit(tmp, dst, force=force)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _io_error(exc, dst, tmp) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _io_error(exc: OSError, dst: Path, tmp: Path) -> LocalIOError:
+    """A read or write that failed while converting: named by the file it names, unless that is our own
+    staging copy (or none), whose name means nothing to the user: then DST."""
+    name = exc.filename if isinstance(exc.filename, (str, os.PathLike)) else None
+    mine = name is None or Path(os.path.abspath(name)).is_relative_to(os.path.abspath(tmp))
+    return LocalIOError.from_os(exc, dst if mine else name, free_at=dst.parent,
+                                fix="choose a writable DST with room for the model" if mine else None)
 
 
 def _commit(tmp: Path, dst: Path, *, force: bool) -> None:

@@ -118,6 +118,12 @@ def iter_sentences(path: str | Path, spec: DatasetSpec, stats: SplitStats | None
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
                 raise InputFileError(f"not UTF-8 text ({exc.reason})", path=path, line=lineno) from exc
+            if "\ufeff" in line:  # a BOM (editors add one at the start) would turn -DOCSTART- into a word
+                raise InputFileError(
+                    "starts with a UTF-8 byte-order mark (BOM, U+FEFF)" if lineno == 1 and line.startswith("\ufeff")
+                    else "holds a byte-order mark character (U+FEFF)", path=path, line=lineno,
+                    fix="save the file as UTF-8 without a BOM (e.g. `sed -i '1s/^\\xEF\\xBB\\xBF//' FILE`) and rerun",
+                )
             cols = line.split()
             if not cols:
                 if words:

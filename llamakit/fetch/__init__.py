@@ -87,6 +87,15 @@ def _choose(release, source: str | None, fmt: str | None, meta_url: str | None) 
         raise UsageError(f"{release.name} is not published in format '{fmt}'", fix=f"use one of {', '.join(release.formats)}")
     if kind not in ("hf", "pypi", "meta-url") and not (kind.startswith(("http://", "https://")) or Path(kind).is_dir()):
         raise UsageError(f"--source {kind}: not hf, meta-url, pypi, an existing directory or an http(s) URL")
+    if kind == "meta-url":  # a rejected URL must not leave OUT behind: check it before OUT is made
+        from llamakit.fetch.meta_url import DOWNLOAD_PAGE, check_url
+
+        if not meta_url:
+            raise UsageError(f"fetching {release.name} from Meta needs its presigned URL",
+                             fix=f"pass --meta-url 'URL' (or set LLAMAKIT_META_URL); request one at {DOWNLOAD_PAGE}")
+        if src.meta_url is None:
+            raise UsageError(f"{release.name} is not distributed through Meta's presigned URLs", fix="use --source hf")
+        check_url(meta_url)
     return kind, fmt
 
 

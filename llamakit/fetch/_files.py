@@ -7,6 +7,7 @@ was fetched), so a file under its final name is always a verified one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -14,7 +15,7 @@ import posixpath
 from pathlib import Path
 
 from llamakit import atomic
-from llamakit.errors import DiskFullError, UnsafePathError
+from llamakit.errors import DiskFullError, LocalIOError, UnsafePathError
 
 STATE_DIR = ".llamakit"
 # Trees that belong to tools, not to the release: never "extra", never fetched into.
@@ -55,15 +56,13 @@ def state_dir(root: Path) -> Path:
     return d
 
 
-def disk_full(exc: OSError, path: str | Path) -> Exception:
-    """A failed local write as a typed error naming the file: ENOSPC/EFBIG/EDQUOT are a full disk, the rest
-    (permissions, I/O) a destination that cannot be written. Either way not the network's fault: no retry."""
+def disk_full(exc: OSError, path: str | Path, *, free_at: str | Path | None = None) -> Exception:
+    """A failed local write as a typed error (exit 4) naming the file: ENOSPC/EFBIG/EDQUOT are a full disk
+    (with the free space at `free_at`), the rest (permissions, I/O) a destination that cannot be written.
+    Either way not the network's fault: no retry."""
     if exc.errno in _DISK_FULL:
-        return DiskFullError(path, exc)
-    from llamakit.errors import UsageError
-
-    return UsageError(f"cannot write to the destination ({exc.strerror or exc})", path=path,
-                      fix="choose a writable --out")
+        return DiskFullError(path, exc, free_at=free_at)
+    return LocalIOError.from_os(exc, path, fix="choose a writable --out")
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
@@ -95,11 +94,33 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
 def dest_lock(root: Path):
-    """An exclusive lock on a destination: a second fetch waits, then finds the files verified."""
+    """An exclusive lock on a destination: a second fetch waits, then finds the files verified.
+
+    A first fetch into an empty destination that fails before writing anything (host unreachable,
+    access denied) leaves no trace: the empty state directory and destination are removed again."""
     from filelock import FileLock
 
-    return FileLock(str(state_dir(root) / "fetch.lock"))
+    root = Path(root)
+    fresh = not any(root.iterdir())
+    lock_path = state_dir(root) / "fetch.lock"
+    try:
+        with FileLock(str(lock_path)):
+            try:
+                yield
+            except BaseException:
+                if fresh and [p.name for p in root.iterdir()] == [STATE_DIR] and \
+                        [p.name for p in lock_path.parent.iterdir()] == [lock_path.name]:
+                    lock_path.unlink(missing_ok=True)  # still held: nothing else was written, nothing to resume
+                raise
+    finally:
+        if fresh and not lock_path.exists():
+            for d in (root / STATE_DIR, root):
+                try:
+                    d.rmdir()  # only ever an empty directory
+                except OSError:
+                    break
 
 
 class VerifiedState:

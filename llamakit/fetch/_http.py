@@ -72,14 +72,14 @@ def get_bytes(url: str, *, config: FetchConfig, label: str, on_denied: Callable[
                     return data, (resp.headers.get("ETag") or "").strip().removeprefix("W/").strip('"') or None
                 return data
         except (urllib.error.HTTPError, _Retry, *_TRANSIENT) as exc:
-            why, wait = _why_retry(exc, label, on_denied)
+            why, wait = _why_retry(exc, label, on_denied, url)
         attempt += 1
         if attempt > config.retries:
             raise NetworkError(f"{label}: giving up after {attempt} attempts ({why})", fix="check the connection and rerun")
         _sleep(config, attempt, wait)
 
 
-def _why_retry(exc: BaseException, label: str, on_denied) -> tuple[str, float | None]:
+def _why_retry(exc: BaseException, label: str, on_denied, url: str = "") -> tuple[str, float | None]:
     """(reason, server-requested wait) for a failure worth another attempt; anything else is raised as our typed error."""
     if isinstance(exc, urllib.error.HTTPError):  # before the transient URLError family it belongs to
         err = _classify(exc, label, on_denied)
@@ -88,7 +88,22 @@ def _why_retry(exc: BaseException, label: str, on_denied) -> tuple[str, float | 
         return str(err), err.wait
     if isinstance(exc, _Retry):
         return str(exc), exc.wait
+    unreachable = _unreachable(exc, urlsplit(url).netloc)
+    if unreachable:
+        raise NetworkError(f"{label}: {unreachable}", fix="check the URL's host and port (and that the server is up)") from None
     return f"{type(exc).__name__}: {exc}", None
+
+
+def _unreachable(exc: BaseException, host: str) -> str | None:
+    """A host that does not resolve, or that refuses the connection: nothing is listening there, and
+    retrying for minutes will not start it. Retries are for resets, timeouts and 5xx."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    host = host or "the server"
+    if isinstance(reason, socket.gaierror) and reason.errno != socket.EAI_AGAIN:  # EAI_AGAIN: the DNS server hiccuped
+        return f"host {host} does not resolve ({reason.strerror or reason})"
+    if isinstance(reason, ConnectionRefusedError):
+        return f"connection refused by {host} (nothing listens there)"
+    return None
 
 
 def _classify(exc: urllib.error.HTTPError, label: str, on_denied) -> Exception:
@@ -125,7 +140,7 @@ def download(url: str, part: PartFile, *, config: FetchConfig, label: str,
         except Cancelled:
             raise
         except (urllib.error.HTTPError, _Retry, *_TRANSIENT) as exc:
-            why, wait = _why_retry(exc, label, on_denied)
+            why, wait = _why_retry(exc, label, on_denied, url)
         expected = part.expected_size
         attempt = 0 if part.size > before else attempt + 1
         if attempt > config.retries:

@@ -140,7 +140,7 @@ class PartFile:
                 while rest:  # a raw write may take only part of the buffer
                     rest = rest[self._f.write(rest):]
             except OSError as exc:
-                raise disk_full(exc, self.rel) from exc
+                raise disk_full(exc, self.rel, free_at=self.path) from exc
             self._hash.update(piece)
             self._pending_crc = zlib.crc32(piece, self._pending_crc)
             self._pending_len += take
@@ -201,7 +201,7 @@ class PartFile:
                 os.fdatasync(self._f.fileno())
             self._crc_f.write(_REC.pack(self._pending_len, self._pending_crc))
         except OSError as exc:
-            raise disk_full(exc, self.rel) from exc
+            raise disk_full(exc, self.rel, free_at=self.path) from exc
         self._committed += self._pending_len
         self._pending_len = 0
         self._pending_crc = 0

@@ -83,7 +83,13 @@ def _fetch_small(ctx: Ctx, url: str, remote: str, lock_entry, *, optional: bool 
     prev = None
     denied = (lambda code: RemoteMissing(remote, code)) if optional else expired_error
     for _ in range(2 * (ctx.config.corrupt_retries + 1)):
-        data, etag = get_bytes(file_url(url, remote), config=ctx.config, label=remote, on_denied=denied, with_etag=True)
+        try:
+            data, etag = get_bytes(file_url(url, remote), config=ctx.config, label=remote, on_denied=denied, with_etag=True)
+        except RemoteMissing as exc:
+            if optional:
+                raise
+            raise NetworkError(f"the server has no {remote} (HTTP {exc.status})",
+                               fix="check the presigned URL: it must be the one Meta sent for this model") from None
         if lock_entry is not None and lock_entry.sha256:
             if _sha256(data) == lock_entry.sha256:
                 return data
