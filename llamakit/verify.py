@@ -92,7 +92,7 @@ class _Expect:
 
 def _resolve_lock(directory: Path, lock: str | Path | None, entries: list[str]):
     """(Lock | None, where it came from)."""
-    from llamakit.fetch import lock as lockmod
+    from llamakit.fetch import lockfile as lockmod
 
     if lock is None:
         own = directory / ".llamakit" / "lock.json"

@@ -99,7 +99,7 @@ def fetch_release(name: str, *, fmt: str | None = None, revision: str | None = N
     from llamakit.fetch._engine import Ctx, FetchConfig
     from llamakit.fetch._files import dest_lock
     from llamakit.fetch._progress import make_progress
-    from llamakit.fetch.lock import Lock, LockEntry, save_lock
+    from llamakit.fetch.lockfile import Lock, LockEntry, save_lock
 
     t0 = time.perf_counter()
     release = catalog.get_release(name)

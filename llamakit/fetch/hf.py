@@ -127,7 +127,7 @@ def _select(names: list[str], fmt: str, release) -> dict[str, str]:
 
 
 def _pinned_revision(release, fmt: str, revision: str | None):
-    from llamakit.fetch.lock import find_lock
+    from llamakit.fetch.lockfile import find_lock
 
     lock = find_lock(release.name, fmt)
     if lock is not None and lock.source.get("kind") != "hf":
@@ -205,7 +205,7 @@ def fetch(ctx: Ctx) -> Outcome:
 
 
 def make_lock(release, *, fmt: str, revision: str | None):
-    from llamakit.fetch.lock import Lock, LockEntry
+    from llamakit.fetch.lockfile import Lock, LockEntry
 
     repo, commit, specs, _, sub = plan(release, fmt, revision, FetchConfig.from_env())
     entries = [LockEntry(path=s.path, size=s.size, sha256=s.sha256, git_oid=s.git_oid, md5=s.md5) for s in specs]

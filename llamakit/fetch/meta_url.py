@@ -107,7 +107,7 @@ def _sha256(data: bytes) -> str:
 
 
 def fetch(ctx: Ctx) -> Outcome:
-    from llamakit.fetch.lock import find_lock
+    from llamakit.fetch.lockfile import find_lock
 
     rel = ctx.release
     url = ctx.location
