@@ -26,7 +26,7 @@ from llamakit.fetch.lockfile import (  # noqa: F401  (re-exported: the lock API)
 
 
 def write_lock(name: str, *, fmt: str | None = None, revision: str | None = None, source: str | None = None,
-               out: str | Path | None = None) -> Path:
+               out: str | Path | None = None, token: str | None = None) -> Path:
     """Pin `name`: resolve the revision and record every file's size and digests."""
     from llamakit import catalog
 
@@ -42,12 +42,15 @@ def write_lock(name: str, *, fmt: str | None = None, revision: str | None = None
     elif kind == "hf":
         from llamakit.fetch import hf
 
-        lock = hf.make_lock(rel, fmt=fmt or "hf", revision=revision)
+        lock = hf.make_lock(rel, fmt=fmt or "hf", revision=revision, token=token)
     elif kind in ("meta-url", "meta_url") or kind.startswith(("http://", "https://")):
         raise UsageError(f"locking from {kind} would download the whole release",
                          fix=f"fetch it, then run `llamakit lock {rel.name} --source DIR`")
     else:
-        lock = lock_from_dir(rel.name, Path(kind), fmt=fmt)
+        from llamakit.fetch.hf_cache import resolve_local
+
+        # "cache": the release's snapshot in the Hugging Face cache; else a directory (a snapshot too) or a cached repo id
+        lock = lock_from_dir(rel.name, resolve_local(rel.name if kind == "cache" else kind, revision=revision), fmt=fmt)
     if fmt is not None and lock.format != fmt:
         raise UsageError(f"the source holds format '{lock.format}', not '{fmt}'")
     if out is None:
@@ -59,6 +62,7 @@ def write_lock(name: str, *, fmt: str | None = None, revision: str | None = None
 
 def lock_from_dir(name: str, directory: Path, *, fmt: str | None) -> Lock:
     """Hash a fetched directory (one read per file gives sha256 and, where a checklist lists it, md5)."""
+    from llamakit.fetch.hf_cache import parse_snapshot
     from llamakit.verify import verify_dir
 
     if not directory.is_dir():
@@ -71,6 +75,11 @@ def lock_from_dir(name: str, directory: Path, *, fmt: str | None) -> Lock:
     files = [LockEntry(path=f.path, size=f.size, sha256=f.sha256, md5=f.md5) for f in report.files if f.sha256]
     if not files:
         raise UsageError(f"{directory} holds no files to lock")
+    snap = parse_snapshot(directory)
+    if snap is not None and base is None:  # a cache snapshot names its repo and commit in its path
+        source = {"kind": "hf", "repo": snap.repo, **({"subfolder": snap.subfolder} if snap.subfolder else {})}
+        return Lock(name=name, format=fmt or guess_format([f.path for f in files]), source=source,
+                    revision=snap.commit, files=files)
     if base is not None:
         return Lock(name=name, format=fmt or base.format, source=base.source, revision=base.revision, files=files)
     return Lock(name=name, format=fmt or guess_format([f.path for f in files]), source={"kind": "dir"}, revision=None, files=files)

