@@ -73,12 +73,25 @@ def list_cmd(
 
 @app.command("info")
 def info_cmd(
-    model: str = typer.Argument(..., help="Release name, e.g. llama-2-70b."),
+    model: str = typer.Argument(..., help="Release name, e.g. llama-2-70b (with --local: a checkpoint path or cached model)."),
+    local: bool = typer.Option(
+        False, "--local", help="Describe a local checkpoint instead: a Meta/HF directory, a Hugging Face cache snapshot, a cached model's name or a .gguf."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Everything about one release: architecture, shards, sources, formats."""
     from llamakit import catalog
 
+    if local:
+        from llamakit.describe import describe_local
+
+        info = describe_local(model)
+        if as_json:
+            _print_json(info)
+        else:
+            for key, value in info.items():
+                _console().print(f"[cyan]{key}[/]  {value}", soft_wrap=True)
+        return
     info = catalog.release_info(model)
     if as_json:
         _print_json(info)
