@@ -1,5 +1,10 @@
 """fetch (hub source) vs huggingface_hub.snapshot_download from the same loopback hub, in one run.
 
+Two pairings, each into the same kind of destination: a plain directory
+(`fetch --out DIR`, llamakit's own engine, vs `snapshot_download(local_dir=DIR)`)
+and the Hugging Face cache (`fetch` without --out, which downloads through
+`hf_hub_download` and then verifies, vs `snapshot_download(cache_dir=…)`).
+
 The hub server (tests/fetch/_servers.py) runs in its own process so neither
 client shares a GIL with it. Both clients download the same repo with the same
 number of parallel workers into a fresh directory per run; llamakit also hashes
@@ -81,6 +86,24 @@ def main() -> None:
             shutil.rmtree(d)
             return dt
 
+        def hub_cache(run: int) -> float:
+            d = tmp / f"snapcache{run}"
+            t = time.perf_counter()
+            snapshot_download("bench-org/bench-model", cache_dir=d, max_workers=args.workers)
+            dt = time.perf_counter() - t
+            shutil.rmtree(d)
+            return dt
+
+        def mine_cache(run: int) -> float:
+            d = tmp / f"ourcache{run}"
+            os.environ["HF_HUB_CACHE"] = str(d)  # llamakit reads it per call (huggingface_hub froze it at import)
+            t = time.perf_counter()
+            res = fetch_release("bench-model", source="hf", workers=args.workers, show_progress=False)
+            dt = time.perf_counter() - t
+            assert all(f.status == "downloaded" for f in res.files) and str(res.out).startswith(str(d))
+            shutil.rmtree(d)
+            return dt
+
         def mine(run: int) -> float:
             d = tmp / f"ours{run}"
             t = time.perf_counter()
@@ -90,20 +113,27 @@ def main() -> None:
             shutil.rmtree(d)
             return dt
 
-        hub(-1), mine(-1)  # warm-up: imports, connection pools
-        t_hub, t_mine = [], []
+        hub(-1), mine(-1), hub_cache(-1), mine_cache(-1)  # warm-up: imports, connection pools
+        t_hub, t_mine, t_hubc, t_minec = [], [], [], []
         for r in range(args.runs):
             t_hub.append(hub(r))
             t_mine.append(mine(r))
+            t_hubc.append(hub_cache(r))
+            t_minec.append(mine_cache(r))
         total_mb = args.files * args.file_mb
         h, m = statistics.median(t_hub), statistics.median(t_mine)
+        hc, mc = statistics.median(t_hubc), statistics.median(t_minec)
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}; "
               f"{args.files} x {args.file_mb} MB LFS files + 4 small, workers={args.workers}, median of {args.runs} interleaved runs")
         print(f"{'client':36} {'s':>7} {'MB/s':>7}")
         print(f"{'huggingface_hub.snapshot_download':36} {h:7.3f} {total_mb / h:7.1f}")
         print(f"{'llamakit fetch (hash+verify inline)':36} {m:7.3f} {total_mb / m:7.1f}")
-        print(f"ratio snapshot_download / llamakit = {h / m:.2f}")
-        print(json.dumps({"snapshot_download_s": t_hub, "llamakit_s": t_mine}))
+        print(f"ratio snapshot_download / llamakit = {h / m:.2f}  (local dir)")
+        print(f"{'snapshot_download(cache_dir=)':36} {hc:7.3f} {total_mb / hc:7.1f}")
+        print(f"{'llamakit fetch into the HF cache':36} {mc:7.3f} {total_mb / mc:7.1f}")
+        print(f"ratio snapshot_download / llamakit = {hc / mc:.2f}  (HF cache)")
+        print(json.dumps({"snapshot_download_s": t_hub, "llamakit_s": t_mine,
+                          "snapshot_download_cache_s": t_hubc, "llamakit_cache_s": t_minec}))
     finally:
         server.stdin.close()
         server.terminate()

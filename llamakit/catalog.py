@@ -38,9 +38,43 @@ from llamakit.catalog_schema import (  # noqa: F401  (re-exported: the catalog's
 from llamakit.errors import ManifestError, UnknownModelError, UsageError
 
 
+def _checkout_manifests() -> Path | None:
+    """The source tree's manifests/ when llamakit runs from a checkout (or an editable install)."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "manifests" / "catalog").is_dir():
+        return root / "manifests"
+    return None
+
+
+def packaged_manifests() -> Path | None:
+    """The copy of manifests/ inside the installed package (the wheel's llamakit/manifests/)."""
+    from importlib.resources import files
+
+    here = files("llamakit").joinpath("manifests")
+    # A zipped install would give a non-filesystem Traversable; llamakit needs real paths (locks are opened by path).
+    return Path(str(here)) if isinstance(here, Path) and here.joinpath("catalog").is_dir() else None
+
+
 def manifests_dir() -> Path:
+    """Where the catalog, locks, datasets, recipes and reported results are read from.
+
+    `$LLAMAKIT_MANIFESTS` (a user's own directory) wins; else a source checkout's
+    `manifests/`; else the copy shipped in the installed wheel (importlib.resources).
+    """
     env = os.environ.get("LLAMAKIT_MANIFESTS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "manifests"
+    if env:
+        return Path(env)
+    found = _checkout_manifests() or packaged_manifests()
+    if found is None:
+        raise ManifestError("this llamakit installation has no manifests/ (catalog, locks)", path=Path(__file__).parent,
+                            fix="reinstall llamakit from its wheel, or set LLAMAKIT_MANIFESTS to a directory with catalog/*.yaml")
+    return found
+
+
+def is_packaged(path: Path) -> bool:
+    """Whether `path` lies in the installed package's read-only data (not a place to write locks)."""
+    pkg = packaged_manifests()
+    return pkg is not None and _checkout_manifests() is None and Path(path).resolve().is_relative_to(pkg.resolve())
 
 
 def _loc(loc: tuple) -> str:
@@ -176,6 +210,7 @@ def get_release(name: str) -> Release:
 
 
 def list_releases(family: str | None = None) -> list[Release]:
+    """Every release in the catalog (or one family's), in catalog order."""
     cat = load_catalog()
     if family is None:
         return list(cat.releases.values())

@@ -41,13 +41,22 @@ class _ReleasesTable:
         t = Table(
             title=f"llamakit catalog: {len(self.rows)} releases", title_justify="left",
             caption="MP: model-parallel shards of the original (Meta) checkpoint", caption_justify="left",
-            box=box.SIMPLE_HEAD, pad_edge=False,
+            box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=compact,
         )
         t.add_column("name", style="bold", no_wrap=True)
         if compact:
-            t.add_column("family params context MP formats gated licence")
-            for name, fam, params, ctx, mp, fmts, gated, lic in self.rows:
-                t.add_row(name, f"{fam} {params} {ctx} MP{mp} {fmts} {'gated' if gated == 'yes' else 'open'} {lic}")
+            # One line per release in 80 columns: family and licence move to a heading row per family.
+            for col in ("params", "ctx", "MP", "formats", "gated"):
+                t.add_column(col, no_wrap=True, justify="right" if col in ("params", "ctx", "MP") else "left")
+            families: dict[str, list[tuple]] = {}
+            for row in self.rows:
+                families.setdefault(row[1], []).append(row)
+            for fam, rows in families.items():
+                licences = ", ".join(dict.fromkeys(r[7] for r in rows))
+                t.add_row(f"[not bold cyan]{fam}[/] [dim]· {licences}[/]", "", "", "", "", "")
+                for name, _fam, params, ctx, mp, fmts, gated, _lic in rows:
+                    t.add_row(name, params, ctx, mp, fmts, gated)
+                t.rows[-1].end_section = True
         else:
             for col in _COLUMNS[1:]:
                 t.add_column(col, no_wrap=True, justify="right" if col in ("params", "context", "MP") else "left")

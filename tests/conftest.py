@@ -124,3 +124,17 @@ def conll_dir() -> Path:
     if not (CONLL_DIR / "train.txt").exists():
         pytest.fail(f"CoNLL-2003 not found at {CONLL_DIR}; set LLAMAKIT_CONLL_DIR")
     return CONLL_DIR
+
+
+# --- the built wheel in a fresh virtualenv (tests/wheel_venv.py) -----------------------
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory):
+    """(bin dir, wheel path): llamakit's wheel installed alone in a fresh venv, built once per session."""
+    from wheel_venv import build_wheel, make_venv
+
+    root = tmp_path_factory.mktemp("wheel")
+    whl = build_wheel(root)
+    return make_venv(whl, root / "venv"), whl
+

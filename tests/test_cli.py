@@ -80,6 +80,11 @@ def test_list_table_wide_and_narrow():
     assert narrow.returncode == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 80
     for rel in catalog.list_releases():  # every release name stays whole and visible
         assert f" {rel.name} " in narrow.stdout
+    lines = narrow.stdout.splitlines()
+    for rel in catalog.list_releases():  # and each release is one line: its name, params, MP and formats together
+        row = next(line.split() for line in lines if line.split()[:1] == [rel.name])
+        assert row[1] == rel.params and ",".join(rel.formats) in row, row
+    assert sum(1 for line in lines if line.strip()) < 2 * len(catalog.list_releases())  # not two lines per row
 
 
 def test_list_family_filter(runner):

@@ -8,6 +8,20 @@ pth (safe lazy .pth reading, streaming torch-zip writing), tokenizer, reference
 Heavy imports (torch, transformers) happen inside functions, never at import time.
 """
 
+import sys
+import types
+
 from llamakit.convert.api import ConvertResult, convert
 
 __all__ = ["ConvertResult", "convert"]
+
+
+class _CallablePackage(types.ModuleType):
+    """`from llamakit import convert` names this package once it is imported (a submodule import binds
+    the parent's attribute), so the package itself calls `convert()`: the public API has one meaning."""
+
+    def __call__(self, *args, **kwargs) -> ConvertResult:
+        return convert(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

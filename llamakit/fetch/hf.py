@@ -2,9 +2,11 @@
 
 Metadata: one `model_info(files_metadata=True)` gives the commit, every file's
 size and, for LFS files, the sha256 (non-LFS files: the git blob id). That is
-the lock, so locking downloads nothing. Data: huggingface_hub's `http_get`
-streams each file at the pinned commit into llamakit's part file, which hashes
-as it writes and resumes across runs from its verified prefix. Token,
+the lock, so locking downloads nothing. Data, with `--out`: huggingface_hub's
+`http_get` streams each file at the pinned commit into llamakit's part file, which
+hashes as it writes and resumes across runs from its verified prefix. Without
+`--out` the files go into the Hugging Face cache through the public download API
+(`llamakit.fetch.hf_download`). Token,
 HF_ENDPOINT and proxies are huggingface_hub's own business, read its usual way.
 """
 
@@ -49,8 +51,10 @@ def _classify(exc: BaseException, repo: str, what: str) -> BaseException | None:
     """A llamakit error to raise now, or None when the failure is worth a retry."""
     # huggingface_hub re-exports its HTTP client's base error: no direct dependency on that client.
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, HTTPError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+                                        LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
 
+    if isinstance(exc, LocalEntryNotFoundError):  # hf_hub_download's "could not reach the hub" (not a 404)
+        return None
     if isinstance(exc, (GatedRepoError, RepositoryNotFoundError)):
         return _access_error(repo, _status(exc))
     if isinstance(exc, RevisionNotFoundError):
@@ -127,7 +131,7 @@ def _select(names: list[str], fmt: str, release) -> dict[str, str]:
 
 
 def _pinned_revision(release, fmt: str, revision: str | None):
-    from llamakit.fetch.lock import find_lock
+    from llamakit.fetch.lockfile import find_lock
 
     lock = find_lock(release.name, fmt)
     if lock is not None and lock.source.get("kind") != "hf":
@@ -139,13 +143,14 @@ def _pinned_revision(release, fmt: str, revision: str | None):
     return (release.sources.hf.revision or "main"), None
 
 
-def plan(release, fmt: str, revision: str | None, cfg: FetchConfig):
+def plan(release, fmt: str, revision: str | None, cfg: FetchConfig, *, token: str | None = None):
     """(repo, commit, specs, notes) for `release` in `fmt` at `revision` (hub metadata only)."""
     from huggingface_hub import HfApi
 
     repo, sub = _layout(release, fmt)
     rev, lock = _pinned_revision(release, fmt, revision)
-    api = HfApi(endpoint=endpoint(), library_name="llamakit", library_version=__version__)
+    # token None: huggingface_hub's own lookup (HF_TOKEN, then the `hf auth login` file)
+    api = HfApi(endpoint=endpoint(), token=token, library_name="llamakit", library_version=__version__)
     # Few retries for the one metadata call: when the hub is unreachable, say so in seconds, not minutes.
     info = _with_retries(lambda: api.model_info(repo, revision=rev, files_metadata=True), cfg, repo, rev,
                          retries=min(cfg.retries, 3))
@@ -190,9 +195,9 @@ def fetch(ctx: Ctx) -> Outcome:
     cfg = ctx.config
     if cfg.timeout:
         constants.HF_HUB_DOWNLOAD_TIMEOUT = cfg.timeout  # the knob HF_HUB_DOWNLOAD_TIMEOUT sets at import
-    repo, commit, specs, notes, sub = plan(ctx.release, ctx.fmt, ctx.revision, cfg)
+    repo, commit, specs, notes, sub = plan(ctx.release, ctx.fmt, ctx.revision, cfg, token=ctx.token)
     base = endpoint()
-    headers = build_hf_headers(library_name="llamakit", library_version=__version__)
+    headers = build_hf_headers(token=ctx.token, library_name="llamakit", library_version=__version__)
 
     def transfer(spec: FileSpec, part) -> None:
         url = hf_hub_url(repo, spec.ref, revision=commit, endpoint=base)
@@ -204,10 +209,10 @@ def fetch(ctx: Ctx) -> Outcome:
     return Outcome(files, {"kind": "hf", "repo": repo, **({"subfolder": sub} if sub else {})}, commit, warnings, notes)
 
 
-def make_lock(release, *, fmt: str, revision: str | None):
-    from llamakit.fetch.lock import Lock, LockEntry
+def make_lock(release, *, fmt: str, revision: str | None, token: str | None = None):
+    from llamakit.fetch.lockfile import Lock, LockEntry
 
-    repo, commit, specs, _, sub = plan(release, fmt, revision, FetchConfig.from_env())
+    repo, commit, specs, _, sub = plan(release, fmt, revision, FetchConfig.from_env(), token=token)
     entries = [LockEntry(path=s.path, size=s.size, sha256=s.sha256, git_oid=s.git_oid, md5=s.md5) for s in specs]
     return Lock(name=release.name, format=fmt, source={"kind": "hf", "repo": repo, **({"subfolder": sub} if sub else {})},
                 revision=commit, files=entries)

@@ -1,131 +1,32 @@
-"""Locks: a release pinned to a revision and to every file's size and sha256.
+"""`llamakit lock`: pin a release from the hub, its package, or a directory already fetched.
 
-`manifests/locks/<model>.<format>.json` (committed) and `DEST/.llamakit/lock.json`
-(what a fetch placed there) share one schema. From the hub the sha256s come from
-the LFS metadata the API already reports, so locking a 140 GB release downloads
-nothing; small non-LFS files carry their git blob id instead (byte-exact too).
-Meta's md5 list is tied in: an entry has both sha256 and md5 when both exist.
+From the hub the sha256s come from the LFS metadata the API already reports, so
+locking a 140 GB release downloads nothing; small non-LFS files carry their git
+blob id instead (byte-exact too). Meta's md5 list is tied in: an entry has both
+sha256 and md5 when both exist. The schema and I/O live in `llamakit.fetch.lockfile`
+(a leaf the sources and `verify` import); this module is the command on top.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from llamakit.errors import ManifestError, UnsafePathError, UsageError
-from llamakit.fetch._files import atomic_write_json, safe_relpath
-
-LOCK_VERSION = 1
-
-
-class LockEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    path: str
-    size: int = Field(ge=0)
-    sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    md5: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{32}$")
-    git_oid: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{40}$")
-
-    @model_validator(mode="after")
-    def _has_digest(self) -> "LockEntry":
-        if not (self.sha256 or self.md5 or self.git_oid):
-            raise ValueError("needs at least one of sha256, md5, git_oid")
-        return self
-
-
-class Lock(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    lock_version: int = LOCK_VERSION
-    name: str
-    format: str
-    source: dict[str, Any]
-    revision: Optional[str] = None
-    files: list[LockEntry] = Field(min_length=1)
-
-    @field_validator("source")
-    @classmethod
-    def _kind(cls, v: dict) -> dict:
-        if not isinstance(v.get("kind"), str):
-            raise ValueError("source needs a 'kind'")
-        return v
-
-    @model_validator(mode="after")
-    def _unique(self) -> "Lock":
-        if self.lock_version != LOCK_VERSION:
-            raise ValueError(f"lock_version {self.lock_version} is not supported (expected {LOCK_VERSION})")
-        seen = set()
-        for e in self.files:
-            if e.path in seen:
-                raise ValueError(f"path '{e.path}' is listed twice")
-            seen.add(e.path)
-        return self
-
-    def by_path(self) -> dict[str, LockEntry]:
-        return {e.path: e for e in self.files}
-
-    def to_json(self) -> dict:
-        d = self.model_dump(exclude_none=True)
-        d["files"] = [e.model_dump(exclude_none=True) for e in self.files]
-        if self.revision is None:
-            d["revision"] = None
-        return d
-
-
-def parse_lock(data: Any, *, path: str | Path) -> Lock:
-    if not isinstance(data, dict):
-        raise ManifestError("a lock must be a JSON object", path=path, fix="regenerate it with `llamakit lock`")
-    try:
-        lock = Lock.model_validate(data)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        where = ".".join(str(x) for x in e["loc"])
-        raise ManifestError(f"invalid lock field '{where}': {e['msg']}", path=path, fix="regenerate it with `llamakit lock`") from exc
-    for e in lock.files:  # a lock is a listing like any other: its paths must stay inside the destination
-        if safe_relpath(e.path, source=str(path)) != e.path:
-            raise UnsafePathError(e.path, source=str(path))
-    return lock
-
-
-def read_lock(path: str | Path) -> Lock:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ManifestError("lock file not found", path=path, fix="pass an existing lock file or a model name") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"malformed lock: {exc}", path=path, fix="regenerate it with `llamakit lock`") from exc
-    return parse_lock(data, path=path)
-
-
-def lock_path(name: str, fmt: str) -> Path:
-    from llamakit.catalog import manifests_dir
-
-    return manifests_dir() / "locks" / f"{name}.{fmt}.json"
-
-
-def locks_for(name: str) -> list[Path]:
-    from llamakit.catalog import manifests_dir
-
-    return sorted((manifests_dir() / "locks").glob(f"{name}.*.json"))
-
-
-def find_lock(name: str, fmt: str) -> Lock | None:
-    p = lock_path(name, fmt)
-    return read_lock(p) if p.exists() else None
-
-
-def save_lock(lock: Lock, path: Path) -> Path:
-    atomic_write_json(Path(path), lock.to_json())
-    return Path(path)
+from llamakit.errors import UsageError
+from llamakit.fetch.lockfile import (  # noqa: F401  (re-exported: the lock API)
+    LOCK_VERSION,
+    Lock,
+    LockEntry,
+    find_lock,
+    lock_path,
+    locks_for,
+    parse_lock,
+    read_lock,
+    save_lock,
+)
 
 
 def write_lock(name: str, *, fmt: str | None = None, revision: str | None = None, source: str | None = None,
-               out: str | Path | None = None) -> Path:
+               out: str | Path | None = None, token: str | None = None) -> Path:
     """Pin `name`: resolve the revision and record every file's size and digests."""
     from llamakit import catalog
 
@@ -141,19 +42,27 @@ def write_lock(name: str, *, fmt: str | None = None, revision: str | None = None
     elif kind == "hf":
         from llamakit.fetch import hf
 
-        lock = hf.make_lock(rel, fmt=fmt or "hf", revision=revision)
+        lock = hf.make_lock(rel, fmt=fmt or "hf", revision=revision, token=token)
     elif kind in ("meta-url", "meta_url") or kind.startswith(("http://", "https://")):
         raise UsageError(f"locking from {kind} would download the whole release",
                          fix=f"fetch it, then run `llamakit lock {rel.name} --source DIR`")
     else:
-        lock = lock_from_dir(rel.name, Path(kind), fmt=fmt)
+        from llamakit.fetch.hf_cache import resolve_local
+
+        # "cache": the release's snapshot in the Hugging Face cache; else a directory (a snapshot too) or a cached repo id
+        lock = lock_from_dir(rel.name, resolve_local(rel.name if kind == "cache" else kind, revision=revision), fmt=fmt)
     if fmt is not None and lock.format != fmt:
         raise UsageError(f"the source holds format '{lock.format}', not '{fmt}'")
-    return save_lock(lock, Path(out) if out is not None else lock_path(rel.name, lock.format))
+    if out is None:
+        out = lock_path(rel.name, lock.format)
+        if catalog.is_packaged(out):  # never write into an installed package: the current directory instead
+            out = Path.cwd() / out.name
+    return save_lock(lock, Path(out))
 
 
 def lock_from_dir(name: str, directory: Path, *, fmt: str | None) -> Lock:
     """Hash a fetched directory (one read per file gives sha256 and, where a checklist lists it, md5)."""
+    from llamakit.fetch.hf_cache import parse_snapshot
     from llamakit.verify import verify_dir
 
     if not directory.is_dir():
@@ -166,6 +75,11 @@ def lock_from_dir(name: str, directory: Path, *, fmt: str | None) -> Lock:
     files = [LockEntry(path=f.path, size=f.size, sha256=f.sha256, md5=f.md5) for f in report.files if f.sha256]
     if not files:
         raise UsageError(f"{directory} holds no files to lock")
+    snap = parse_snapshot(directory)
+    if snap is not None and base is None:  # a cache snapshot names its repo and commit in its path
+        source = {"kind": "hf", "repo": snap.repo, **({"subfolder": snap.subfolder} if snap.subfolder else {})}
+        return Lock(name=name, format=fmt or guess_format([f.path for f in files]), source=source,
+                    revision=snap.commit, files=files)
     if base is not None:
         return Lock(name=name, format=fmt or base.format, source=base.source, revision=base.revision, files=files)
     return Lock(name=name, format=fmt or guess_format([f.path for f in files]), source={"kind": "dir"}, revision=None, files=files)

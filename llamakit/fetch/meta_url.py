@@ -113,7 +113,7 @@ def _sha256(data: bytes) -> str:
 
 
 def fetch(ctx: Ctx) -> Outcome:
-    from llamakit.fetch.lock import find_lock
+    from llamakit.fetch.lockfile import find_lock
 
     rel = ctx.release
     url = ctx.location
@@ -192,6 +192,9 @@ def fetch(ctx: Ctx) -> Outcome:
 def _place(ctx: Ctx, dest: str, data: bytes) -> FetchedFile:
     """A small, already-checked file under its final name (atomically)."""
     final = safe_dest(ctx.out, dest)
+    if ctx.dry_run:  # read to learn what the release holds; nothing written
+        ctx.planned.append(FileSpec(dest, len(data), ref=dest))
+        return FetchedFile(dest, len(data), "", status="planned")
     same = final.is_file() and final.read_bytes() == data
     if not same:
         atomic_write_bytes(final, data)

