@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import make_llama_model  # noqa: F401  (tests/ is on sys.path)
+from tests.conftest import make_llama_model  # noqa: F401
 
 
 def _git_oid(data: bytes) -> str:
