@@ -283,3 +283,19 @@ def test_checked_adds_the_gated_runs_cpu_and_verdict(tmp_path):
     report.build_report(other, entry_path, tmp_path / "far", dvc_lock=None)
     assert checked(tmp_path / "far")["verdict"].startswith("NOT REPRODUCED (1 metrics")
     assert len(results.load_result_file(entry_path).recorded["checked_on"]) == 3
+
+
+def test_ci_reference_tolerances_are_measured_and_cover_their_runs():
+    """The committed `ci` gate is not hand-set: its tolerances come from recorded spread runs, every
+    one of which lies within them, and the reference names where it was recorded."""
+    entry = results.load_result("conll2003-smollm2-ci", REGISTRY)
+    derived = entry.tolerance.derived
+    assert derived is not None and len(derived.runs) >= 3 and derived.method == results.SPREAD_METHOD
+    assert any("native" in r.label for r in derived.runs)  # another ISA: the stand-in for another CPU
+    for run in derived.runs:
+        for stat, value in run.headline.items():
+            name = f"headline.{stat}"
+            assert abs(value - entry.flat_metrics()[name]) <= entry.tolerance_for(name), (run.label, name)
+    assert all(v >= derived.floor for v in entry.tolerance.metrics.values())
+    assert entry.recorded["environment"]["cpu"]["pins"] == {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                                                            "ONEDNN_MAX_CPU_ISA": "AVX2"}
