@@ -153,7 +153,8 @@ def collect_provenance(*, run: RunRecord, timings_dir: Optional[Path], dvc_lock:
         "packages": provenance.package_versions(),
         "machine": provenance.machine(),
         # the CPU as the fine-tune saw it (its ISA pins are set in that process, not this one)
-        "environment": {**provenance.environment(), **({"cpu": train["cpu"]} if train.get("cpu") else {})},
+        "environment": {**provenance.environment(repo_root / provenance.LOCK_FILE),
+                        **({"cpu": train["cpu"]} if train.get("cpu") else {})},
         "threads": train.get("threads"),
         "seeds": train.get("seeds"),
         "train": train,

@@ -16,7 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DVC = [sys.executable, "-m", "dvc"]
 LABELS = ["B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER", "O"]
-COPY = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", "llamakit", "manifests", "scripts"]
+COPY = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", "llamakit", "manifests", "scripts", "requirements"]
 CI_REF = "manifests/results/conll2003-smollm2-ci.yaml"
 
 
