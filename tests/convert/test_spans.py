@@ -8,6 +8,8 @@ import hashlib
 import os
 
 import pytest
+
+from llamakit.errors import LocalIOError
 from convert_helpers import write_meta_checkpoint
 
 from llamakit.convert import convert
@@ -111,7 +113,7 @@ def test_a_failing_kernel_copy_surfaces_and_leaves_no_destination(tmp_path, monk
 
     monkeypatch.setattr(os, "copy_file_range", broken)
     monkeypatch.setattr(os, "pwritev", broken)
-    with pytest.raises(OSError, match="Input/output error"):
+    with pytest.raises(LocalIOError, match="input/output error"):  # typed at the convert edge (exit 4)
         convert(src, tmp_path / "out", check=False, show_progress=False)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
 
