@@ -15,6 +15,7 @@ first imported (`interrupt_on`), which lands the interrupt at a chosen moment, e
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import subprocess
@@ -64,11 +65,11 @@ main()
 def _drop_dac_override() -> bool:
     """As root, chmod does not stop writes; drop CAP_DAC_OVERRIDE (and read-search) from the bounding set
     so the exec'd child is held to the permission bits like any user."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
     PR_CAPBSET_DROP = 24
-    return all(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0 for cap in (1, 2))  # DAC_OVERRIDE, DAC_READ_SEARCH
+    return all(_LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0 for cap in (1, 2))  # DAC_OVERRIDE, DAC_READ_SEARCH
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child (dlopen after fork can deadlock)
 
 
 def _preexec(row: Row):
