@@ -77,14 +77,15 @@ def run_trainer(args, root: Path, *, same_batches: bool) -> dict:
     from transformers import AutoTokenizer, DataCollatorForTokenClassification, Trainer, TrainerCallback, TrainingArguments
 
     from llamakit.train.components import Determinism, build_model
-    from llamakit.train.data import collate, read_labels, read_split
+    from llamakit.data.prepared import read_labels
+    from llamakit.train.data import collate, read_train_split
     from llamakit.train.finetune import plan_epochs
 
     recipe = recipe_for(args, root / "unused")
     det = Determinism(recipe)  # same seeds, threads and deterministic kernels as the llamakit run
     try:
         labels = read_labels(recipe.data)
-        split = read_split(recipe.data, "train", n_labels=len(labels))
+        split = read_train_split(recipe.data, "train", n_labels=len(labels))
         plan = [b for p in plan_epochs(recipe, split.lengths) for b in p][: args.steps]
         model = build_model(recipe, labels, torch.device("cpu"))
         pad_id = model.config.pad_token_id if isinstance(model.config.pad_token_id, int) else 0

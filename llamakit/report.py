@@ -21,6 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -278,9 +281,25 @@ def write_report(rep: Report) -> list[Path]:
     }
     if rep.plots["loss"]:
         files["loss.tsv"] = "step\tloss\n" + "".join(f"{int(s) if s == int(s) else s}\t{v!r}\n" for s, v in rep.plots["loss"])
-    with atomic.local_io(out, fix="choose a writable --out"):  # rendered first: a failed write is the disk's fault
-        out.mkdir(parents=True, exist_ok=True)
-        written = [atomic.write_text(out / name, text) for name, text in files.items()]
+    # Rendered first, then all written into a staging directory inside OUT and renamed into place: a
+    # failed write (disk full, read-only) is LocalIOError (exit 4) and leaves OUT as it was.
+    created = not out.exists()
+    stage = None
+    try:
+        with atomic.local_io(out, fix="choose a writable --out"):
+            out.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=".report.tmp-", dir=out))
+            for name, text in files.items():
+                atomic.write_text(stage / name, text)
+            written = []
+            for name in files:
+                os.replace(stage / name, out / name)
+                written.append(out / name)
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
     rep.written = written
     return written
 

@@ -73,11 +73,18 @@ class Tolerance(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    default: float = Field(ge=0, allow_inf_nan=False)  # .inf would let every metric pass the gate
+    default: float = Field(ge=0)
     stats: dict[str, float] = {}
     metrics: dict[str, float] = {}
     at_least: list[str] = []
     derived: Optional[SpreadDerivation] = Field(None, description="Present when `metrics` came from measured run-to-run spread.")
+
+    @field_validator("default")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):  # .inf would let every metric pass the gate
+            raise ValueError(f"tolerances must be finite numbers >= 0 (default: {v})")
+        return v
 
     @field_validator("stats", "metrics")
     @classmethod

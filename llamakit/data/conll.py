@@ -6,7 +6,8 @@ split live as data in `manifests/datasets/conll2003.yaml`.
 
 Prepared directory (the cross-team contract): labels.json, {train,valid,test}.jsonl with one
 {"id", "doc", "input_ids", "labels", "n_words"} object per sentence in file order, and
-manifest.json (sha256 of every file, counts, tokenizer identity, max_length, limit_train).
+manifest.json (sha256 of every file, counts, tokenizer identity, max_length, limit_train); read back
+by llamakit/data/prepared.py, the one reader of that format.
 No words are stored, only token ids.
 """
 
@@ -21,10 +22,10 @@ from pydantic import BaseModel, ValidationError
 
 from llamakit.data.align import WordTokenizer, align
 from llamakit.atomic import atomic_dir, sha256_file
-from llamakit.errors import CheckFailed, InputFileError, ManifestError, UsageError
+from llamakit.data.prepared import FORMAT, verify_files
+from llamakit.errors import InputFileError, ManifestError, UsageError
 
 SPLITS = ("train", "valid", "test")
-FORMAT = "llamakit.prepared/1"
 
 
 # --- the dataset spec (counts as data) -------------------------------------------
@@ -171,7 +172,8 @@ def iter_sentences(path: str | Path, spec: DatasetSpec, stats: SplitStats | None
         )
 
 
-def read_split(path: str | Path, spec: DatasetSpec) -> tuple[list[Sentence], SplitStats]:
+def read_conll(path: str | Path, spec: DatasetSpec) -> tuple[list[Sentence], SplitStats]:
+    """A whole CoNLL-2003 text file (one split), validated; prepared JSONL is read by llamakit/data/prepared.py."""
     stats = SplitStats()
     sentences = list(iter_sentences(path, spec, stats))
     return sentences, stats
@@ -235,7 +237,7 @@ def prepare(
         for split in SPLITS:
             path = data_dir / spec.splits[split].file
             progress.update(task, description=f"validating {path.name}")
-            sentences, stats = read_split(path, spec)
+            sentences, stats = read_conll(path, spec)
             if check_counts:
                 check_split_counts(path, split, stats, spec)
             if split == "train" and limit_train is not None:
@@ -283,7 +285,7 @@ def prepare(
             for name in ["labels.json", *(f"{s}.jsonl" for s in SPLITS)]:
                 manifest["files"][name] = sha256_file(tmp / name)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            verify_prepared(tmp)
+            verify_files(tmp)
     return PrepareManifest(out=out, data=manifest)
 
 
@@ -327,52 +329,3 @@ def _progress(enabled: bool):
         console=console, transient=True,
         disable=not enabled or not console.is_terminal,  # no stray bar fragments in logs and pipes
     )
-
-
-# --- reading prepared data (evaluate, finetune) -------------------------------------
-
-
-def read_manifest(prepared: str | Path) -> dict:
-    path = Path(prepared) / "manifest.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise InputFileError("not a prepared data directory (no manifest.json)", path=prepared,
-                             fix="run `llamakit prepare conll2003` first") from exc
-    except json.JSONDecodeError as exc:
-        raise InputFileError(f"manifest is not JSON: {exc.msg}", path=path, line=exc.lineno) from exc
-    if data.get("format") != FORMAT:
-        raise InputFileError(f"unknown prepared format {data.get('format')!r} (expected {FORMAT})", path=path,
-                             fix="re-run `llamakit prepare conll2003` with this llamakit")
-    return data
-
-
-def verify_prepared(prepared: str | Path, names: list[str] | None = None) -> dict:
-    """Check files against manifest.json's sha256s (all, or `names`); return the manifest."""
-    prepared = Path(prepared)
-    manifest = read_manifest(prepared)
-    for name in names or list(manifest["files"]):
-        want = manifest["files"].get(name)
-        if want is None:
-            raise InputFileError(f"{name} is not listed in manifest.json", path=prepared / "manifest.json")
-        if not (prepared / name).is_file() or sha256_file(prepared / name) != want:
-            raise CheckFailed("file is missing or differs from manifest.json's sha256", path=prepared / name,
-                              fix="re-run `llamakit prepare conll2003`")
-    return manifest
-
-
-def load_labels(prepared: str | Path) -> list[str]:
-    return json.loads((Path(prepared) / "labels.json").read_text())["labels"]
-
-
-def load_split(prepared: str | Path, split: str, *, verify: bool = True) -> list[dict]:
-    """The sentences of one prepared split, in file order (sha256-checked against the manifest)."""
-    prepared = Path(prepared)
-    manifest = read_manifest(prepared)
-    if split not in manifest["splits"]:
-        raise InputFileError(f"no split '{split}' (have {', '.join(manifest['splits'])})", path=prepared,
-                             fix=f"use --split {' or '.join(manifest['splits'])}")
-    if verify:
-        verify_prepared(prepared, [f"{split}.jsonl", "labels.json"])
-    with open(prepared / f"{split}.jsonl") as f:
-        return [json.loads(line) for line in f]

@@ -1,4 +1,4 @@
-"""Prepared-split reading (the CONTRACTS.md format) and the deterministic, length-bucketed batch plan.
+"""Prepared splits as training rows (read by llamakit/data/prepared.py) and the deterministic, length-bucketed batch plan.
 
 The batch plan is a pure function of (sentence lengths, seed, epoch, budget), so every rank of a
 DDP run and every resumed run computes the same plan without communicating, and a checkpoint
@@ -9,15 +9,12 @@ versions.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llamakit.errors import InputFileError
+from llamakit.data.prepared import IGNORE
 
-IGNORE = -100
 SPLITS = ("train", "valid", "test")
 
 
@@ -42,63 +39,15 @@ class Split:
         return sum(sum(1 for v in self.labels[i] if v != IGNORE) for i in idxs)
 
 
-def read_labels(data_dir: str | Path) -> list[str]:
-    path = Path(data_dir) / "labels.json"
-    if not path.is_file():
-        raise InputFileError(
-            "prepared data has no labels.json", path=path, fix="run `llamakit prepare conll2003 --out DIR` and point `data:` at DIR"
-        )
-    try:
-        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputFileError(f"labels.json is not {{\"labels\": [...]}} ({exc})", path=path, fix="re-run `llamakit prepare`") from exc
-    if not labels or not all(isinstance(x, str) for x in labels) or len(set(labels)) != len(labels):
-        raise InputFileError("labels.json must list distinct label names", path=path, fix="re-run `llamakit prepare`")
-    return labels
+def read_train_split(data_dir: str | Path, split: str, *, n_labels: int, vocab_size: int | None = None,
+                     limit: int | None = None) -> Split:
+    """One prepared split as a Split, read and checked by the one prepared-data reader
+    (llamakit/data/prepared.py); `limit` keeps the first N sentences."""
+    from llamakit.data.prepared import read_prepared
 
-
-def read_split(data_dir: str | Path, split: str, *, n_labels: int, vocab_size: int | None = None, limit: int | None = None) -> Split:
-    """Read `<split>.jsonl`, checking every record against the contract; `limit` keeps the first N."""
-    path = Path(data_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        raise InputFileError(f"prepared data has no {split}.jsonl", path=path, fix="run `llamakit prepare conll2003` for this directory")
-    digest = hashlib.sha256()
-    ids_all: list[list[int]] = []
-    labels_all: list[list[int]] = []
-    docs_all: list[int | None] = []
-    fix = "the prepared data is damaged or from another tool; re-run `llamakit prepare`"
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            digest.update(raw)
-            if limit is not None and len(ids_all) >= limit:
-                continue  # keep hashing: the sha256 names the whole file, as the manifest does
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-                ids, labs = rec["input_ids"], rec["labels"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InputFileError(f"not a prepared record ({exc.__class__.__name__}: {exc})", path=path, line=lineno, fix=fix) from exc
-            if not isinstance(ids, list) or not ids or not all(type(t) is int for t in ids):
-                raise InputFileError("input_ids must be a non-empty list of ints", path=path, line=lineno, fix=fix)
-            if not isinstance(labs, list) or len(labs) != len(ids) or not all(type(t) is int for t in labs):
-                raise InputFileError(f"labels must be {len(ids)} ints, one per input id", path=path, line=lineno, fix=fix)
-            if any(not (v == IGNORE or 0 <= v < n_labels) for v in labs):
-                raise InputFileError(f"label id outside 0..{n_labels - 1} (and -100)", path=path, line=lineno, fix=fix)
-            if vocab_size is not None and any(not 0 <= t < vocab_size for t in ids):
-                raise InputFileError(
-                    f"token id outside the model's vocabulary (0..{vocab_size - 1})",
-                    path=path,
-                    line=lineno,
-                    fix="prepare the data with the same model's tokenizer you fine-tune",
-                )
-            ids_all.append(ids)
-            labels_all.append(labs)
-            doc = rec.get("doc")
-            docs_all.append(doc if type(doc) is int else None)
-    if not ids_all:
-        raise InputFileError(f"{split}.jsonl has no sentences", path=path, fix="re-run `llamakit prepare`")
-    return Split(split, path, digest.hexdigest(), ids_all, labels_all, docs_all)
+    ps = read_prepared(data_dir, split, n_labels=n_labels, vocab_size=vocab_size, limit=limit)
+    return Split(split, ps.path, ps.sha256, [r["input_ids"] for r in ps.records], [r["labels"] for r in ps.records],
+                 [r["doc"] if type(r.get("doc")) is int else None for r in ps.records])
 
 
 def pack_split(split: Split, *, budget: int, bos_id: int | None) -> Split:
@@ -181,29 +130,11 @@ def collate(split: Split, idxs: list[int], *, pad_id: int, device=None):
     return ids, labels, mask, n_real
 
 
-def check_manifest(data_dir: str | Path, splits: list[Split], model_dir: str | Path) -> dict:
-    """The prepared dir's manifest.json must vouch for the files read (sha256) and, when both sides
-    name one, for the model's tokenizer: ids from another tokenizer would train silently on noise."""
-    from llamakit.errors import CheckFailed
+def check_prepared(data_dir: str | Path, splits: list[Split], model_dir: str | Path) -> dict:
+    """The prepared dir's manifest (the splits' sha256s were matched while reading them), after checking
+    that `model_dir`'s tokenizer made the ids: ids from another tokenizer would train silently on noise."""
+    from llamakit.data.prepared import check_tokenizer, read_manifest
 
-    path = Path(data_dir) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise InputFileError("not a prepared data directory (no manifest.json)", path=data_dir, fix="run `llamakit prepare conll2003` first") from exc
-    except ValueError as exc:
-        raise InputFileError(f"manifest.json is not JSON ({exc})", path=path, fix="re-run `llamakit prepare`") from exc
-    files = manifest.get("files") or {}
-    for split in splits:
-        want = files.get(split.path.name)
-        if want is not None and want != split.sha256:
-            raise CheckFailed("file differs from manifest.json's sha256", path=split.path, fix="re-run `llamakit prepare conll2003`")
-    tok = ((manifest.get("tokenizer") or {}).get("files") or {}).get("tokenizer.json")
-    model_tok = Path(model_dir) / "tokenizer.json"
-    if tok and model_tok.is_file() and hashlib.sha256(model_tok.read_bytes()).hexdigest() != tok:
-        raise InputFileError(
-            "the data was prepared with a different tokenizer than this model's tokenizer.json",
-            path=path,
-            fix="prepare the data with --model pointing at the model you fine-tune",
-        )
+    manifest = read_manifest(data_dir)
+    check_tokenizer(model_dir, manifest)
     return manifest

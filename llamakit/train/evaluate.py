@@ -75,8 +75,7 @@ def run(
 
     if decode not in DECODERS:
         raise UsageError(f"unknown decoder {decode!r}", fix=f"use one of {', '.join(DECODERS)}")
-    from llamakit.data import conll
-    from llamakit.data.align import tokenizer_identity
+    from llamakit.data import prepared
     from llamakit.atomic import atomic_dir, sha256_file
     from llamakit.train import ensemble, metrics
     from llamakit.train.modeling import load_token_classifier, quiet_transformers
@@ -90,15 +89,11 @@ def run(
         if not (d / "config.json").is_file() and not (d / ensemble.MANIFEST).is_file():
             raise InputFileError("not an HF model directory (no config.json) nor an ensemble (no ensemble.json)", path=d,
                                  fix="pass the finetune output's model/ directory")
-    records = conll.load_split(data_dir, split)
-    manifest = conll.read_manifest(data_dir)
-    labels = conll.load_labels(data_dir)
+    labels = prepared.read_labels(data_dir)
+    data = prepared.read_prepared(data_dir, split, n_labels=len(labels))  # every record checked, sha256 matched
+    records, manifest = data.records, data.manifest
     for d in given:
-        _check_tokenizer(d, manifest, tokenizer_identity)
-    for lineno, r in enumerate(records, start=1):
-        if sum(1 for x in r["labels"] if x != -100) != r["n_words"]:
-            raise InputFileError("labelled positions differ from n_words", path=data_dir / f"{split}.jsonl", line=lineno,
-                                 fix="re-run `llamakit prepare conll2003`")
+        prepared.check_tokenizer(d, manifest)
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -113,7 +108,7 @@ def run(
     with _progress(show_progress) as progress:
         for k, member_dir in enumerate(members or [model_dir], start=1):
             if members:
-                _check_tokenizer(member_dir, manifest, tokenizer_identity)
+                prepared.check_tokenizer(member_dir, manifest)
             with quiet_transformers():  # our progress bar owns stderr
                 model = load_token_classifier(member_dir).eval().to(device)
             to_prepared = _label_map(model, labels, member_dir)
@@ -284,23 +279,6 @@ def _refuse_repeats(dirs: list[Path]) -> None:
         for b in dirs[:i]:
             if a.resolve() == b.resolve() or os.path.samefile(a / "config.json", b / "config.json"):
                 raise UsageError(f"the same model is given twice: {b} and {a}", fix="pass each model once (an ensemble directory already counts each of its members)")
-
-
-def _check_tokenizer(model_dir: Path, manifest: dict, tokenizer_identity) -> None:
-    """Token ids are only meaningful with the tokenizer that made them."""
-    if not any((model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
-        return  # a bare weights dir; nothing to compare against
-    from llamakit.data.align import tokenizer_content_sha256
-
-    sha, name, _ = tokenizer_identity(model_dir)
-    want = manifest["tokenizer"]
-    same_file = name == want["identity_file"] and sha == want["sha256"]
-    if not same_file and (want.get("content_sha256") is None or tokenizer_content_sha256(model_dir) != want["content_sha256"]):
-        raise InputFileError(
-            f"the model's {name} (sha256 {sha[:12]}) is not the tokenizer the data was prepared with ({want['sha256'][:12]})",
-            path=model_dir / name,
-            fix="re-run `llamakit prepare conll2003 --model` with this model's directory",
-        )
 
 
 def _versions() -> dict:

@@ -20,7 +20,8 @@ from llamakit import numerics
 from llamakit.atomic import write_json as write_json_atomic
 from llamakit.train import checkpoint as ckpt
 from llamakit.train.components import Determinism, build_model, build_optimizer, check_model_dir, init_distributed, pick_device, unwrap
-from llamakit.train.data import IGNORE, Split, check_manifest, collate, epoch_batches, eval_batches, pack_split, read_labels, read_split
+from llamakit.data.prepared import read_labels
+from llamakit.train.data import IGNORE, Split, check_prepared, collate, epoch_batches, eval_batches, pack_split, read_train_split
 from llamakit.train.outputs import export_model, summarize, summarize_ensemble
 from llamakit.train.recipe import Recipe, load_recipe
 
@@ -112,12 +113,12 @@ def train(recipe: Recipe, *, provenance: dict | None = None, on_step=None) -> Fi
     model_dir = Path(recipe.model)
     model_cfg = check_model_dir(model_dir)
     labels = read_labels(recipe.data)
-    train_split = read_split(recipe.data, "train", n_labels=len(labels), vocab_size=model_cfg.get("vocab_size"), limit=recipe.limit_train)
+    train_split = read_train_split(recipe.data, "train", n_labels=len(labels), vocab_size=model_cfg.get("vocab_size"), limit=recipe.limit_train)
     dev_split = None
     if recipe.eval_sentences:
-        dev_split = read_split(recipe.data, "valid", n_labels=len(labels), vocab_size=model_cfg.get("vocab_size"), limit=recipe.eval_sentences)
+        dev_split = read_train_split(recipe.data, "valid", n_labels=len(labels), vocab_size=model_cfg.get("vocab_size"), limit=recipe.eval_sentences)
 
-    manifest = check_manifest(recipe.data, [s for s in (train_split, dev_split) if s is not None], model_dir)
+    manifest = check_prepared(recipe.data, [s for s in (train_split, dev_split) if s is not None], model_dir)
     bos_id = (manifest.get("tokenizer") or {}).get("bos_token_id")
     train_split = pack_split(train_split, budget=recipe.pack_documents, bos_id=bos_id)
     if dev_split is not None:

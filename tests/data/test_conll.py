@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from llamakit.data import conll
+from llamakit.data import conll, prepared
 from llamakit.errors import CheckFailed, InputFileError, UsageError
 from ner_fixtures import LABELS, conll_slice, prepared_slice, tiny_tokenizer  # noqa: F401  (fixtures)
 
@@ -23,7 +23,7 @@ def spec():
 def test_real_splits_match_the_verified_counts(conll_dir, spec):
     for split in conll.SPLITS:
         path = conll_dir / spec.splits[split].file
-        sentences, stats = conll.read_split(path, spec)
+        sentences, stats = conll.read_conll(path, spec)
         conll.check_split_counts(path, split, stats, spec)  # raises on any difference
         assert stats.sentences == len(sentences) == spec.splits[split].sentences
         assert sum(len(s.words) for s in sentences) == spec.splits[split].tokens
@@ -34,7 +34,7 @@ def test_real_splits_match_the_verified_counts(conll_dir, spec):
 
 def test_counts_check_names_the_file_and_the_differences(conll_slice, spec):
     path = conll_slice / "test.txt"
-    _, stats = conll.read_split(path, spec)
+    _, stats = conll.read_conll(path, spec)
     with pytest.raises(InputFileError) as err:
         conll.check_split_counts(path, "test", stats, spec)
     assert str(path) in err.value.one_line() and "sentences 40 != 3453" in err.value.message
@@ -64,7 +64,7 @@ def test_bad_input_names_file_and_line(tmp_path, spec, case):
     path = tmp_path / "train.txt"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputFileError) as err:
-        conll.read_split(path, spec)
+        conll.read_conll(path, spec)
     assert err.value.line == bad_line
     assert err.value.one_line().startswith(f"{path}:{bad_line}: ")
     assert words in err.value.message
@@ -75,19 +75,19 @@ def test_empty_file_and_bad_encoding(tmp_path, spec):
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     with pytest.raises(InputFileError, match="empty file") as err:
-        conll.read_split(empty, spec)
+        conll.read_conll(empty, spec)
     assert err.value.one_line().startswith(f"{empty}:1: ")
     latin = tmp_path / "latin.txt"
     latin.write_bytes(b"Alice NNP B-NP B-PER\nM\xfcller NNP I-NP I-PER\n")
     with pytest.raises(InputFileError, match="not UTF-8") as err:
-        conll.read_split(latin, spec)
+        conll.read_conll(latin, spec)
     assert err.value.line == 2
 
 
 def test_good_lines_parse(tmp_path, spec):
     path = tmp_path / "ok.txt"
     path.write_text("\n".join(GOOD + ["Bob NNP B-NP B-PER", "", "-DOCSTART- -X- -X- O", "", "Hi UH O O"]) + "\n")
-    sentences, stats = conll.read_split(path, spec)
+    sentences, stats = conll.read_conll(path, spec)
     assert [(s.doc, s.line, s.words, s.tags) for s in sentences] == [
         (0, 3, ("Alice", "Smith", "visited", "Oslo"), ("B-PER", "I-PER", "O", "B-LOC")),
         (0, 8, ("Bob",), ("B-PER",)),
@@ -119,11 +119,11 @@ def test_prepare_round_trips_labels_and_words(prepared_slice, conll_slice, tiny_
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer)
-    labels = conll.load_labels(prepared_slice)
+    labels = prepared.read_labels(prepared_slice)
     assert labels == LABELS
     for split in conll.SPLITS:
-        gold, _ = conll.read_split(conll_slice / f"{split}.txt", spec)
-        records = conll.load_split(prepared_slice, split)
+        gold, _ = conll.read_conll(conll_slice / f"{split}.txt", spec)
+        records = prepared.read_prepared(prepared_slice, split).records
         assert [r["id"] for r in records] == list(range(len(gold)))
         for sent, rec in zip(gold, records):
             ids, lab = rec["input_ids"], rec["labels"]
@@ -139,7 +139,7 @@ def test_prepare_round_trips_labels_and_words(prepared_slice, conll_slice, tiny_
 def test_manifest_records_hashes_counts_and_tokenizer(prepared_slice, tiny_tokenizer):
     import hashlib
 
-    m = conll.verify_prepared(prepared_slice)
+    m = prepared.verify_files(prepared_slice)
     for name, sha in m["files"].items():
         assert hashlib.sha256((prepared_slice / name).read_bytes()).hexdigest() == sha
     assert set(m["files"]) == {"labels.json", "train.jsonl", "valid.jsonl", "test.jsonl"}
@@ -163,7 +163,7 @@ def test_prepare_is_deterministic_and_limit_train_keeps_the_first_sentences(conl
     conll.prepare(conll_slice, tiny_tokenizer, tmp_path / "lim", max_length=1024, limit_train=7, check_counts=False, show_progress=False)
     full = (prepared_slice / "train.jsonl").read_text().splitlines()
     assert (tmp_path / "lim" / "train.jsonl").read_text().splitlines() == full[:7]
-    assert conll.read_manifest(tmp_path / "lim")["limit_train"] == 7
+    assert prepared.read_manifest(tmp_path / "lim")["limit_train"] == 7
 
 
 def test_too_long_sentence_is_an_error_not_a_truncation(conll_slice, tiny_tokenizer, tmp_path):
@@ -206,9 +206,9 @@ def test_tampered_prepared_file_fails_the_check(prepared_slice, tmp_path):
     rec = json.loads(lines[0])
     rec["labels"][1] = (rec["labels"][1] + 1) % len(LABELS)
     (copy / "test.jsonl").write_text("\n".join([json.dumps(rec, separators=(",", ":")), *lines[1:]]) + "\n")
-    assert conll.load_split(copy, "valid")  # untouched splits still load
+    assert prepared.read_prepared(copy, "valid").records  # untouched splits still load
     with pytest.raises(CheckFailed, match="differs from manifest.json"):
-        conll.load_split(copy, "test")
+        prepared.read_prepared(copy, "test").records
     with pytest.raises(InputFileError, match="no split 'dev'"):
-        conll.load_split(copy, "dev")
+        prepared.read_prepared(copy, "dev").records
 

@@ -113,6 +113,7 @@ CODE_CHANGES = {
     "llamakit/train/recipe.py": {"finetune"},
     "llamakit/train/modeling.py": {"finetune", "evaluate"},
     "llamakit/data/conll.py": {"prepare", "evaluate"},
+    "llamakit/data/prepared.py": {"prepare", "finetune", "evaluate"},  # the one reader of prepared data
     "llamakit/report_render.py": {"report"},
     "llamakit/results.py": {"report"},
     "llamakit/verify.py": {"verify"},  # fetch verifies inline (fetch/_engine.py), not through verify.py

@@ -46,10 +46,12 @@ def write_prepared(path: Path, *, vocab: int = 160, n_train: int = 64, n_valid: 
                 fh.write(json.dumps(rec) + "\n")
     manifest = {
         "format": "llamakit.prepared/1",
+        "splits": {split: {"sentences": n} for split, n in (("train", n_train), ("valid", n_valid), ("test", n_valid))},
         "files": {name: _sha(path / name) for name in ("labels.json", "train.jsonl", "valid.jsonl", "test.jsonl")},
     }
-    if model_dir is not None and (model_dir / "tokenizer.json").is_file():
-        manifest["tokenizer"] = {"files": {"tokenizer.json": _sha(model_dir / "tokenizer.json")}}
+    if model_dir is not None and (model_dir / "tokenizer.json").is_file():  # as `llamakit prepare` names it
+        sha = _sha(model_dir / "tokenizer.json")
+        manifest["tokenizer"] = {"sha256": sha, "identity_file": "tokenizer.json", "files": {"tokenizer.json": sha}}
     (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return path
 

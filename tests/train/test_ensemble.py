@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from llamakit import run_record
-from llamakit.data import conll
+from llamakit.data import prepared
 from llamakit.errors import InputFileError, ManifestError, UsageError
 from llamakit.train import decode, ensemble, evaluate, finetune
 from llamakit.train.modeling import load_token_classifier
@@ -106,9 +106,9 @@ def test_evaluate_decodes_the_mean_of_the_members_probabilities(trained, prepare
     assert [x["context"] for x in ens["members"]] == ["one sentence per row", "document runs packed into rows of <= 64 sub-tokens"]
 
     # independently: each member's per-word distribution in its own context, averaged, decoded
-    records = conll.load_split(prepared_slice, "test")
-    labels = conll.load_labels(prepared_slice)
-    tok = conll.read_manifest(prepared_slice)["tokenizer"]
+    records = prepared.read_prepared(prepared_slice, "test").records
+    labels = prepared.read_labels(prepared_slice)
+    tok = prepared.read_manifest(prepared_slice)["tokenizer"]
     probs = []
     for k, pack in (("1", 0), ("2", 64)):
         model = load_token_classifier(model_dir / k).eval()

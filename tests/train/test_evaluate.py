@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from llamakit.data import conll
+from llamakit.data import conll, prepared
 from llamakit.errors import InputFileError
 from llamakit.train import evaluate, metrics
 from ner_fixtures import (  # noqa: F401
@@ -42,7 +42,7 @@ def evaluated(tiny_classifier, prepared_slice, tmp_path_factory):
 def test_writes_all_outputs_with_one_tag_per_word(evaluated, prepared_slice, conll_slice):
     result, out = evaluated
     assert {p.name for p in out.iterdir()} == OUTPUTS
-    gold_sents, _ = conll.read_split(conll_slice / "test.txt", conll.load_spec())
+    gold_sents, _ = conll.read_conll(conll_slice / "test.txt", conll.load_spec())
     preds = _sentences((out / "predictions.txt").read_text())
     assert [len(p) for p in preds] == [len(s.words) for s in gold_sents]  # one tag per word, every sentence
     assert {t for p in preds for t in p} <= set(LABELS)  # tags only: no words, nothing else
@@ -63,7 +63,7 @@ def test_outputs_agree_with_each_other_and_with_independent_scoring(evaluated, c
     from sklearn.metrics import classification_report, confusion_matrix
 
     _, out = evaluated
-    gold = [list(s.tags) for s in conll.read_split(conll_slice / "test.txt", conll.load_spec())[0]]
+    gold = [list(s.tags) for s in conll.read_conll(conll_slice / "test.txt", conll.load_spec())[0]]
     pred = _sentences((out / "predictions.txt").read_text())
     flat_g, flat_p = [t for s in gold for t in s], [t for s in pred for t in s]
     m = json.loads((out / "metrics.json").read_text())
@@ -122,8 +122,8 @@ def test_packed_document_context_keeps_each_sentence_its_own(tiny_classifier, pr
     from llamakit.train import packing
     from llamakit.train.modeling import load_token_classifier
 
-    records = conll.load_split(prepared_slice, "test")
-    tok = conll.read_manifest(prepared_slice)["tokenizer"]
+    records = prepared.read_prepared(prepared_slice, "test").records
+    tok = prepared.read_manifest(prepared_slice)["tokenizer"]
     model = load_token_classifier(tiny_classifier).eval()
     assert model.config.llamakit_bidirectional is False
     alone = evaluate.predict(model, records, pad_id=tok["pad_token_id"])

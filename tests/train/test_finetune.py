@@ -18,7 +18,7 @@ import torch
 from llamakit.errors import CheckFailed, InputFileError, UsageError
 from llamakit.train import finetune
 from llamakit.train.checkpoint import list_checkpoints
-from llamakit.train.data import read_split
+from llamakit.train.data import read_train_split
 from llamakit.train.modeling import load_token_classifier
 from tests.train._fixtures import LABELS, read_weights, write_prepared, write_recipe, write_tiny_model
 
@@ -61,7 +61,7 @@ def logged_steps(out: Path, metric="train/loss.tsv") -> list[tuple[int, float]]:
 
 def dev_accuracy(model_dir: Path, data: Path) -> float:
     model = load_token_classifier(model_dir)
-    split = read_split(data, "valid", n_labels=len(LABELS))
+    split = read_train_split(data, "valid", n_labels=len(LABELS))
     return finetune.dev_eval(model, split, device=torch.device("cpu"), pad_id=0, max_tokens=128, max_sentences=64)["token_micro_f1"]
 
 

@@ -153,7 +153,7 @@ def test_format_report_reproduces_the_seed_layout():
 def test_gold_against_itself_on_the_real_test_split(conll_dir):
     from llamakit.data import conll
 
-    sentences, _ = conll.read_split(conll_dir / "test.txt", conll.load_spec())
+    sentences, _ = conll.read_conll(conll_dir / "test.txt", conll.load_spec())
     gold = [list(s.tags) for s in sentences]
     m = metrics.compute(gold, gold, LABELS, TYPES)
     seed_support = {line.split()[0]: int(line.split()[-1]) for line in SEED_TABLE.splitlines()[1:10]}
