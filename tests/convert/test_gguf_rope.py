@@ -87,22 +87,25 @@ def test_llama31_gguf_converts_with_its_rope_scaling_and_proves_it(llama31_gguf,
 
 
 def test_llama31_gguf_against_transformers_own_gguf_load(llama31_gguf, tmp_path):
-    """transformers' GGUF loader reads the same weights; it ignores rope_freqs for Llama, so it is the model without
-    scaling: equal to ours at short consecutive positions, and not at spread ones (which is why llamakit's check
-    runs the file's own factors instead)."""
+    """transformers' GGUF loader reads the same weights but ignores rope_freqs for Llama (it builds the unscaled
+    model); given the llama3 scaling as a config override it is the model llamakit wrote, at spread positions too."""
     from transformers import AutoModelForCausalLM
 
     convert(llama31_gguf, tmp_path / "hf", dtype="fp32", check=False, show_progress=False)
     ours = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
-    theirs = AutoModelForCausalLM.from_pretrained(str(llama31_gguf.parent), gguf_file=llama31_gguf.name,
-                                                  dtype=torch.float32).eval()
+    theta = json.loads((tmp_path / "hf" / "config.json").read_text())["rope_parameters"]["rope_theta"]
+    where = dict(pretrained_model_name_or_path=str(llama31_gguf.parent), gguf_file=llama31_gguf.name, dtype=torch.float32)
+    scaled = AutoModelForCausalLM.from_pretrained(**where, rope_parameters={"rope_type": "llama3", "rope_theta": theta,
+                                                                           **SCALING}).eval()
+    plain = AutoModelForCausalLM.from_pretrained(**where).eval()
     tokens = torch.tensor([[1, 504, 3458, 282, 4649, 314, 2114, 30]])
     spread = torch.tensor([[0, 5000, 20000, 40000, 60000, 80000, 90000, 100000]])
     with torch.no_grad():
-        a, b = ours(tokens).logits, theirs(tokens).logits
-        a2, b2 = ours(tokens, position_ids=spread).logits, theirs(tokens, position_ids=spread).logits
-    assert (a - b).abs().max() <= 1e-4 * b.abs().max()
-    assert (a2 - b2).abs().max() > 10 * (a - b).abs().max()
+        for pos in (None, spread):
+            a, b = ours(tokens, position_ids=pos).logits, scaled(tokens, position_ids=pos).logits
+            assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+        c = plain(tokens, position_ids=spread).logits
+    assert (a - c).abs().max() > 100 * (a - b).abs().max()
 
 
 def test_rope_freqs_matching_no_known_scaling_is_refused(smollm2_gguf, tmp_path):
