@@ -323,3 +323,65 @@ class Catalog(BaseModel):
 
     def families(self) -> list[str]:
         return list(dict.fromkeys(r.family for r in self.releases.values()))
+
+
+# --- release errata (`manifests/errata/*.yaml`) ------------------------------------
+# Facts the files do not carry, or carry contradictorily. Applied by llamakit/convert/decide.py.
+
+
+class ErratumWhen(_Strict):
+    """File facts that make an entry apply to a source no catalog release matches (all given must hold)."""
+
+    use_scaled_rope: Optional[bool] = None
+    tied: Optional[bool] = None  # output.weight absent, or byte-equal to the embedding
+    output: Optional[Literal["absent", "same_as_embedding", "distinct"]] = None
+    legacy_embedding: Optional[bool] = None
+
+
+class ErratumSays(_Strict):
+    """What each side of the release says."""
+
+    meta_code: str
+    params_json: str
+    hf_release: str
+    checkpoint: Optional[str] = None
+
+
+class ErratumSets(_Strict):
+    """The values llamakit uses where the entry applies."""
+
+    rope_scaling: Optional[RopeScaling] = None
+    tie_embeddings: Optional[bool] = None
+    context_length: Optional[int] = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _something(self) -> "ErratumSets":
+        if not self.model_fields_set:
+            raise ValueError("sets nothing")
+        return self
+
+
+class Erratum(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]*$")
+    title: str
+    releases: list[str] = Field(min_length=1)
+    when: ErratumWhen
+    says: ErratumSays
+    follows: Literal["meta_code", "params_json", "checkpoint", "hf_release"]
+    sets: ErratumSets
+    why: str
+    evidence: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _follows_something_said(self) -> "Erratum":
+        if self.follows == "checkpoint" and self.says.checkpoint is None:
+            raise ValueError("follows 'checkpoint' but says.checkpoint is not set")
+        if any(not e.startswith("https://") for e in self.evidence):
+            raise ValueError("evidence must be public https:// links")
+        return self
+
+
+class ErrataFile(_Strict):
+    """One `manifests/errata/<topic>.yaml`."""
+
+    errata: list[Erratum] = Field(min_length=1)

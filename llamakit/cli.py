@@ -190,6 +190,8 @@ def convert_cmd(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32 (default: keep)."),
     max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="HF shard size limit."),
     check: bool = typer.Option(True, "--check/--no-check", help="Prove equivalence by comparing logits."),
+    reference: str = typer.Option("llamakit", "--reference", help="The check's Meta-side forward: llamakit (streams "
+                                  "shard by shard) | meta (Meta's llama-models code; needs llamakit[reference])."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty DST."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
@@ -197,7 +199,8 @@ def convert_cmd(
     from llamakit.convert import convert
     from llamakit.fetch.hf_cache import resolve_local
 
-    result = convert(resolve_local(src), dst, to=to, mp=mp, dtype=dtype, max_shard_size=max_shard_size, check=check, force=force, show_progress=not as_json)
+    result = convert(resolve_local(src), dst, to=to, mp=mp, dtype=dtype, max_shard_size=max_shard_size, check=check, force=force,
+                     show_progress=not as_json, reference=reference)
     if as_json:
         _print_json(result.to_json())
     else:

@@ -32,6 +32,7 @@ class ConvertResult:
     catalog: list[str] = field(default_factory=list)  # releases with exactly this architecture
     timings: dict = field(default_factory=dict)  # seconds per phase: open, weights, tokenizer (concurrent), check, commit
     arch: dict = field(default_factory=dict)
+    errata: list[str] = field(default_factory=list)  # release errata entries (manifests/errata/) the decision used
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -39,9 +40,11 @@ class ConvertResult:
     def summary_line(self) -> str:
         shards = f" MP {self.mp_out}" if self.dst_format == "meta" else ""
         src_mp = f" (MP {self.mp_in})" if self.src_format == "meta" else ""
-        check = (f"check: max |Δlogit| {self.check['max_abs']:.2e} ≤ {self.check['tol']:.1e}, "
-                 f"top-1 {self.check['top1']:.1%}") if self.check else "check: skipped (--no-check)"
+        check = (f"check: max |Δlogit| {self.check['max_abs']:.2e} ≤ {self.check['tol']:.1e} (positions to "
+                 f"{max(self.check.get('spread_positions') or [15])}), top-1 {self.check['top1']:.1%}, "
+                 f"{self.check['source']} vs {self.check['result']}") if self.check else "check: skipped (--no-check)"
         known = f", as {self.catalog[0]}" + (f" (+{len(self.catalog) - 1})" if len(self.catalog) > 1 else "") if self.catalog else ""
+        known += f"; errata applied: {', '.join(self.errata)}" if self.errata else ""
         return (f"converted {self.src_format}{src_mp} → {self.dst_format}{shards}: {self.n_tensors} tensors, "
                 f"{self.bytes_written / 1e9:.2f} GB in {len(self.files)} files → {self.dst} [{self.generation}{known}]; "
                 f"tokenizer: {self.tokenizer}; {check}; {self.wall_s:.1f}s")
@@ -58,9 +61,9 @@ def _torch_dtype(dtype: str | None):
 
 
 def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", check=True, force=False,
-            show_progress=True, layerwise_check=None) -> ConvertResult:
+            show_progress=True, layerwise_check=None, reference="llamakit") -> ConvertResult:
     """Convert SRC (Meta dir, HF dir or .gguf) to DST (`to` = 'hf' | 'meta'), streaming, then prove equality."""
-    from llamakit.convert import detect, hf, meta, output
+    from llamakit.convert import decide, detect, hf, meta, output
 
     t0 = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -72,6 +75,14 @@ def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", che
     if mp is not None and mp < 1:
         raise UsageError(f"--mp must be ≥ 1, got {mp}")
     cast = _torch_dtype(dtype)
+    if reference not in ("llamakit", "meta"):
+        raise UsageError(f"unknown --reference {reference!r}", fix="use --reference llamakit or --reference meta")
+    if reference == "meta":
+        if not check:
+            raise UsageError("--reference meta chooses the check's Meta-side code", fix="drop --no-check")
+        from llamakit.convert import meta_code
+
+        meta_code.require()  # before any work
     output.refuse_overlap(src, dst)
     output.sweep(dst)
     output.check_destination(dst, force=force)  # before any expensive work
@@ -107,7 +118,8 @@ def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", che
             from llamakit.convert import check as checkmod
 
             t = time.perf_counter()
-            report = checkmod.compare(source, tmp, to, cast=real_cast, layerwise=layerwise_check, report_path=dst)
+            report = checkmod.compare(source, tmp, to, cast=real_cast, layerwise=layerwise_check, report_path=dst,
+                                      reference_code=reference)
             timings["check_s"] = round(time.perf_counter() - t, 3)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         written = sum((tmp / f).stat().st_size for f in files)
@@ -115,11 +127,11 @@ def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", che
     timings["commit_s"] = round(time.perf_counter() - t_commit, 3)  # fsync + rename
 
     return ConvertResult(
-        src=str(src), dst=str(dst), src_format=source.fmt, dst_format=to, generation=detect.generation(arch),
+        src=str(src), dst=str(dst), src_format=source.fmt, dst_format=to, generation=decide.generation(arch),
         mp_in=source.mp, mp_out=mp_out if to == "meta" else 1, n_tensors=len(entries), bytes_written=written,
         files=files, tokenizer=tok_note, check=report.to_json() if report else None,
-        wall_s=round(time.perf_counter() - t0, 3), catalog=getattr(source, "catalog", []), arch=arch.to_json(),
-        timings=timings,
+        wall_s=round(time.perf_counter() - t0, 3), catalog=source.decision.catalog, arch=arch.to_json(),
+        timings=timings, errata=list(source.decision.errata),
     )
 
 

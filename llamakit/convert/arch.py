@@ -15,18 +15,6 @@ from typing import Any
 
 from llamakit.errors import ConversionError, InputFileError, UsageError
 
-# Meta's llama3 code hardcodes these; params.json only ever says use_scaled_rope.
-META_ROPE_DEFAULTS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-# params.json keys llamakit writes only when a model departs from Meta's constants above
-# (llama-models reads the first two; the last two exist so HF → Meta → HF keeps exotic configs).
-_ROPE_PARAM_KEYS = {
-    "factor": "rope_scaling_factor",
-    "high_freq_factor": "rope_high_freq_factor",
-    "low_freq_factor": "rope_low_freq_factor",
-    "original_max_position_embeddings": "rope_original_max_position_embeddings",
-}
-
-
 def meta_ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
     """FeedForward hidden size exactly as Meta's model.py computes it."""
     hidden = int(2 * (4 * dim) / 3)
@@ -98,31 +86,11 @@ class Arch:
 
     # -- Meta params.json ------------------------------------------------------
 
-    def to_params_json(self) -> dict:
-        """params.json as Meta writes it: only keys Meta's ModelArgs knows, defaults left out."""
-        multiple_of, mult = meta_ffn_params(self.dim, self.hidden_dim)
-        p: dict[str, Any] = {"dim": self.dim, "n_layers": self.n_layers, "n_heads": self.n_heads}
-        if self.n_kv_heads != self.n_heads:
-            p["n_kv_heads"] = self.n_kv_heads
-        p["vocab_size"] = self.vocab_size
-        p["multiple_of"] = multiple_of
-        if mult is not None:
-            p["ffn_dim_multiplier"] = mult
-        p["norm_eps"] = self.norm_eps
-        if self.rope_theta != 10000.0:
-            p["rope_theta"] = self.rope_theta
-        if self.rope_scaling:
-            p["use_scaled_rope"] = True
-            defaults = dict(META_ROPE_DEFAULTS, factor=_default_rope_factor(self.tied))
-            for k, pk in _ROPE_PARAM_KEYS.items():
-                if float(self.rope_scaling[k]) != float(defaults[k]):
-                    p[pk] = self.rope_scaling[k]
-        return p
-
     @classmethod
     def from_params_json(cls, params: dict, *, path: Path, vocab_size: int, hidden_dim: int, tied: bool,
-                         legacy_embedding: bool) -> "Arch":
-        """Arch from a validated params.json plus the facts only the weights know."""
+                         legacy_embedding: bool, rope_given: dict | None = None) -> "Arch":
+        """The numbers a validated params.json states plus the facts only the weights know (not yet decided:
+        see decide.py for rope scaling, tying and context)."""
         multiple_of = params.get("multiple_of", 256)
         mult = params.get("ffn_dim_multiplier")
         expected = meta_ffn_dim(params["dim"], multiple_of, mult)
@@ -137,22 +105,15 @@ class Arch:
                 f"params.json says vocab_size {params['vocab_size']} but tok_embeddings has {vocab_size} rows",
                 path=path, fix="the params.json does not belong to these shards",
             )
-        rope_scaling = None
-        if params.get("use_scaled_rope"):
-            rope_scaling = dict(META_ROPE_DEFAULTS, factor=_default_rope_factor(tied))
-            for k, pk in _ROPE_PARAM_KEYS.items():
-                if pk in params:
-                    rope_scaling[k] = params[pk]
-            rope_scaling["original_max_position_embeddings"] = int(rope_scaling["original_max_position_embeddings"])
         gen3 = not legacy_embedding
         return cls(
             dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"],
             n_kv_heads=params.get("n_kv_heads") or params["n_heads"], vocab_size=vocab_size, hidden_dim=hidden_dim,
             norm_eps=float(params.get("norm_eps", 1e-5)),
             rope_theta=float(params.get("rope_theta", 10000.0)),
-            rope_scaling=rope_scaling, tied=tied, legacy_embedding=legacy_embedding,
-            # Meta's files do not record a context length; these are each generation's published one.
-            max_position_embeddings=131072 if rope_scaling else (8192 if gen3 else 4096),
+            # only what params.json states (llamakit's rope_* keys); decide.py fills the rest
+            rope_scaling=rope_given or None, tied=tied, legacy_embedding=legacy_embedding,
+            max_position_embeddings=8192 if gen3 else 4096,  # placeholder: Meta's files record no context (decide.py)
         )
 
     # -- transformers config.json ---------------------------------------------
@@ -211,11 +172,6 @@ class Arch:
             max_position_embeddings=c.max_position_embeddings, bos_token_id=c.bos_token_id,
             eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id, extra_hf=keep,
         )
-
-
-def _default_rope_factor(tied: bool) -> float:
-    # Llama 3.2 1B/3B (the tied-embedding releases) use 32; 3.1, 3.2-vision and 3.3 use 8.
-    return 32.0 if tied else 8.0
 
 
 def validate_params_json(path: Path) -> dict:

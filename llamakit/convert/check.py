@@ -1,10 +1,18 @@
 """Proving a conversion: the same token batch through the source and the result.
 
-Each side runs in its own format's code: Meta shards through `reference.forward` (Meta's
-model code, shard by shard, never merged), GGUF weights through the same reference
-(they are Meta-layout), HF directories through transformers. Both compute in float32 so
-a lossless conversion differs only by float reassociation; a --dtype cast is judged
-against a tolerance that matches the precision it cast to.
+Each side runs in its own format's code, built from its own files: Meta shards through
+`reference.forward` (Meta's model code, shard by shard, never merged) with params.json +
+the release errata as decide.py reads them, GGUF weights through the same reference
+(they are Meta-layout), HF directories through transformers from the written
+config.json. Neither side is built from the converter's derived `Arch` of the result, so
+a config.json that says the wrong rope factor, θ, eps or tying fails the check. Both
+compute in float32 so a lossless conversion differs only by float reassociation; a
+--dtype cast is judged against a tolerance that matches the precision it cast to.
+
+Two batches: random tokens at positions 0..15, and a short one whose position ids are
+spread from 0 to ~100k. RoPE is relative, so only the second makes query-key distances
+reach the long wavelengths llama3 scaling rescales (factor 8 vs 32 differ by ~1e-6 in
+the first batch of a tiny model, by ~0.5 in the second).
 
 Meta-side forwards stream one layer at a time by construction. HF directories load
 whole via `from_pretrained` when the model is small, else layer by layer: one
@@ -21,6 +29,7 @@ from pathlib import Path
 import torch
 
 from llamakit.convert import reference
+from llamakit.convert.decide import params_json
 from llamakit.convert.hf import INDEX, safetensors_files
 from llamakit.errors import EquivalenceError
 
@@ -37,6 +46,8 @@ class CheckReport:
     source: str
     result: str
     tokens: list[int]  # the batch shape
+    spread_positions: list[int] | None = None  # the position ids of the spread batch
+    spread_max_abs: float | None = None  # its own max |Δlogit| (max_abs covers both batches)
 
     def ok(self) -> bool:
         return self.max_abs <= self.tol
@@ -54,34 +65,65 @@ def token_batch(vocab_size: int, *, batch: int = 2, seq: int = 16, seed: int = 0
     return torch.randint(0, vocab_size, (batch, seq), generator=g)
 
 
+SPREAD_MAX = 100_000
+
+
+def spread_batch(vocab_size: int, *, seq: int = 12, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [1, seq], increasing position ids [seq] from 0 to ~SPREAD_MAX, irregularly spaced)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab_size, (1, seq), generator=g)
+    inner = torch.randperm(SPREAD_MAX - 1, generator=g)[: seq - 2] + 1
+    positions = torch.cat([torch.tensor([0]), inner.sort().values, torch.tensor([SPREAD_MAX])])
+    return tokens, positions
+
+
 # --- the two kinds of forward ----------------------------------------------------
 
 
-def reference_logits(source, tokens: torch.Tensor) -> torch.Tensor:
-    """Meta's model code on a Meta source's own shards, or on a canonical source (MP 1)."""
+def reference_logits(source, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Meta's model code on a Meta source's own shards (params.json + errata, as decided from its files), or
+    on a canonical source (MP 1)."""
+    return reference_logits_many(source, [(tokens, positions)])[0]
+
+
+def reference_logits_many(source, batches: list) -> list[torch.Tensor]:
+    """`reference_logits` for several (tokens, positions or None) batches, each weight read once."""
     if hasattr(source, "shard_weights"):
-        return reference.forward(source.params, source.shard_weights(), tokens, mp=source.mp, tied=source.arch.tied)
-    return reference.forward(source.arch.to_params_json(), lambda _rank, name: source.load(name).float(), tokens,
-                             mp=1, tied=source.arch.tied)
+        return reference.forward_batches(source.params, source.shard_weights(), batches, mp=source.mp,
+                                         has_output=source.plan.has_output, rope=source.arch.rope_scaling)
+    factors = getattr(source, "rope_freqs", None)  # a GGUF's own llama3 scaling, run as llama.cpp runs it
+    return reference.forward_batches(params_json(source.arch), lambda _rank, name: source.load(name).float(), batches,
+                                     mp=1, has_output=not source.arch.tied, rope=source.arch.rope_scaling,
+                                     freq_factors=factors)
 
 
-def hf_logits(model_dir: Path, tokens: torch.Tensor, *, layerwise: bool | None = None) -> tuple[torch.Tensor, str]:
+def hf_logits(model_dir: Path, tokens: torch.Tensor, *, layerwise: bool | None = None,
+              positions: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+    return hf_logits_many(model_dir, [(tokens, positions)], layerwise=layerwise)[0]
+
+
+def hf_logits_many(model_dir: Path, batches: list, *, layerwise: bool | None = None) -> list[tuple[torch.Tensor, str]]:
+    """transformers' logits for each (tokens, positions or None) batch, the model loaded once."""
     if layerwise is None:
         layerwise = _fp32_bytes(model_dir) > WHOLE_MODEL_LIMIT
-    if not layerwise:
-        from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
+    if layerwise:
+        return [(_hf_layerwise(model_dir, t, p), "transformers (layer by layer)") for t, p in batches]
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
-        was_on = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # our own progress owns stderr
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-        finally:
-            if was_on:
-                hf_logging.enable_progress_bar()
-        with torch.no_grad():
-            return model(tokens).logits.float(), "transformers"
-    return _hf_layerwise(model_dir, tokens), "transformers (layer by layer)"
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # our own progress owns stderr
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+    out = []
+    with torch.no_grad():
+        for tokens, positions in batches:
+            pos = None if positions is None else positions[None].expand(tokens.shape[0], -1)
+            out.append((model(tokens, position_ids=pos).logits.float(), "transformers"))
+    return out
 
 
 def _fp32_bytes(model_dir: Path) -> int:
@@ -100,7 +142,7 @@ def _fp32_bytes(model_dir: Path) -> int:
 
 
 @torch.no_grad()
-def _hf_layerwise(model_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
+def _hf_layerwise(model_dir: Path, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
     from safetensors import safe_open
     from transformers import AutoConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
@@ -125,7 +167,8 @@ def _hf_layerwise(model_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
     h = torch.nn.functional.embedding(tokens, embed)
     lm_head = embed if config.tie_word_embeddings else None
     del embed
-    cos_sin = LlamaRotaryEmbedding(config)(h, torch.arange(seq)[None].expand(bsz, seq))
+    pos = torch.arange(seq) if positions is None else positions
+    cos_sin = LlamaRotaryEmbedding(config)(h, pos[None].expand(bsz, seq))
     mask = torch.full((seq, seq), float("-inf")).triu(1)[None, None].expand(bsz, 1, seq, seq)
     for i in range(config.num_hidden_layers):
         with torch.device("meta"):
@@ -145,25 +188,45 @@ def _hf_layerwise(model_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
 # --- the comparison --------------------------------------------------------------
 
 
+def _side(source, batches, layerwise, what: str, *, hf_dir: Path | None = None, reference_code: str = "llamakit"):
+    """One side's logits for every batch, in its own format's code, and its name."""
+    if hf_dir is not None or source.fmt == "hf":
+        res = hf_logits_many(hf_dir or source.path, batches, layerwise=layerwise)
+        return [r[0] for r in res], res[0][1]
+    which = what if what == "result" else source.fmt
+    if reference_code == "meta":
+        from llamakit.convert import meta_code
+
+        ver = meta_code.require()
+        params = source.params if hasattr(source, "shard_weights") else params_json(source.arch)
+        has_output = source.plan.has_output if hasattr(source, "plan") else not source.arch.tied
+        out = meta_code.logits(params, source.load, batches, vocab_size=source.arch.vocab_size, has_output=has_output,
+                               rope=source.arch.rope_scaling)
+        return out, f"Meta's llama-models {ver} code ({which}, MP {source.mp} merged)"
+    name = f"Meta reference ({which}, MP {source.mp})"
+    return reference_logits_many(source, batches), name
+
+
+
 def compare(source, result_dir: Path, to: str, *, cast=None, layerwise: bool | None = None,
-            report_path: Path | None = None) -> CheckReport:
-    """Run the batch through `source` and through the written `result_dir`; raise if they disagree."""
+            report_path: Path | None = None, reference_code: str = "llamakit") -> CheckReport:
+    """Run both batches through `source` and through the written `result_dir`; raise if they disagree."""
     tokens = token_batch(source.arch.vocab_size)
-    if source.fmt == "hf":
-        a, a_name = hf_logits(source.path, tokens, layerwise=layerwise)
-    else:
-        a, a_name = reference_logits(source, tokens), f"Meta reference ({source.fmt}, MP {source.mp})"
+    spread_tokens, positions = spread_batch(source.arch.vocab_size)
+    batches = [(tokens, None), (spread_tokens, positions)]
+    (a, a2), a_name = _side(source, batches, layerwise, "source", reference_code=reference_code)
     if to == "hf":
-        b, b_name = hf_logits(result_dir, tokens, layerwise=layerwise)
+        (b, b2), b_name = _side(None, batches, layerwise, "result", hf_dir=result_dir)
     else:
         from llamakit.convert.meta import MetaSource
 
-        out = MetaSource(result_dir)
-        b, b_name = reference_logits(out, tokens), f"Meta reference (result, MP {out.mp})"
-    diff = (a - b).abs().max().item()
-    tol = RTOL[cast] * max(1.0, a.abs().max().item())
+        (b, b2), b_name = _side(MetaSource(result_dir), batches, layerwise, "result", reference_code=reference_code)
+    diff1 = (a - b).abs().max().item()
+    diff2 = (a2 - b2).abs().max().item()
+    diff = max(diff1, diff2)
+    tol = RTOL[cast] * max(1.0, a.abs().max().item(), a2.abs().max().item())
     top1 = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
-    rep = CheckReport(diff, tol, top1, a_name, b_name, list(tokens.shape))
+    rep = CheckReport(diff, tol, top1, a_name, b_name, list(tokens.shape), positions.tolist(), diff2)
     if not rep.ok():
         raise EquivalenceError(diff, tol, top1, path=report_path or result_dir)
     return rep

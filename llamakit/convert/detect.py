@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llamakit.convert.tokenizer import find_meta_tokenizer, tokenizer_kind
+from llamakit.convert.tokenizer import tokenizer_kind
 from llamakit.errors import InputFileError
 
 
@@ -60,68 +60,26 @@ def hf_uses_sentencepiece(directory: Path) -> bool | None:
     return None
 
 
-def generation(arch) -> str:
-    if arch.rope_scaling:
-        return "Llama 3.1+ layout (llama3 rope scaling)" + (", tied embeddings" if arch.tied else "")
-    return "Llama 1/2 layout" if arch.legacy_embedding else "Llama 3 layout" + (", tied embeddings" if arch.tied else "")
-
-
-def catalog_matches(arch) -> list:
-    """Catalog releases whose text architecture is exactly `arch` (shapes, GQA, rope scaling, tying)."""
-    from llamakit import catalog
-    from llamakit.errors import LlamakitError
-
-    try:
-        releases = catalog.list_releases()
-    except LlamakitError:  # a broken catalog must not block a conversion that does not need it
-        return []
-    key = (arch.dim, arch.n_layers, arch.n_heads, arch.n_kv_heads, arch.vocab_size, arch.hidden_dim,
-           arch.rope_scaling is not None, arch.tied)
-    return [r for r in releases
-            if r.moe is None and r.vision is None and r.quantization is None
-            and (r.meta.dim, r.meta.n_layers, r.meta.n_heads, r.meta.n_kv_heads, r.meta.vocab_size, r.intermediate_size,
-                 r.rope_scaling is not None, r.tie_embeddings) == key]
-
-
-def _with_catalog(source) -> list[str]:
-    """Fill in what Meta's params.json leaves out (context length, rope factor) from matching catalog releases."""
-    matches = catalog_matches(source.arch)
-    contexts = {r.context_length for r in matches}
-    scalings = {r.rope_scaling.model_dump_json() for r in matches if r.rope_scaling}
-    changes = {}
-    if len(contexts) == 1:
-        changes["max_position_embeddings"] = contexts.pop()
-    if len(scalings) == 1 and "rope_scaling_factor" not in source.params:
-        rs = json.loads(scalings.pop())
-        rs.pop("rope_type", None)
-        changes["rope_scaling"] = rs
-    if changes:
-        source.arch = source.arch.with_(**changes)
-    return [r.name for r in matches]
-
-
 def open_source(src: Path, *, torch_free: bool = False):
-    """The source object for SRC, with its generation settled from every clue the files give.
+    """The source object for SRC, its architecture decided (decide.py) from every clue the files give.
     `torch_free`: a Meta source plans from its zip records without importing torch (see MetaSource)."""
     fmt, path = detect_format(src)
     if fmt == "meta":
         from llamakit.convert.meta import MetaSource
 
-        source = MetaSource(path, torch_free=torch_free)
-        tok = find_meta_tokenizer(path)
-        kind = tokenizer_kind(tok) if tok else None
-        if source.mp == 1 and kind:  # with one shard the embedding split is invisible: the tokenizer says which code
-            source.arch = source.arch.with_(legacy_embedding=kind == "sentencepiece")
-        source.tokenizer_path = tok
-        source.catalog = _with_catalog(source)
-        return source
+        return MetaSource(path, torch_free=torch_free)  # decides in plan_shards: its facts need the shards
+    from llamakit.convert.decide import Facts, decide
+
     if fmt == "hf":
         from llamakit.convert.hf import HFSource
 
         source = HFSource(path, legacy_embedding=hf_uses_sentencepiece(path))
+        output = "absent" if source.arch.tied else "distinct"  # config.json states it
     else:
         from llamakit.convert.gguf import GGUFSource
 
         source = GGUFSource(path)
-    source.catalog = [r.name for r in catalog_matches(source.arch)]
+        output = source.output
+    source.decision = decide(Facts(source.arch, source.arch.rope_scaling is not None, output, context_given=True))
+    source.arch, source.catalog = source.decision.arch, source.decision.catalog
     return source

@@ -147,15 +147,25 @@ class GGUFSource:
         plain = {Q.F32: torch.float32, Q.F16: torch.float16, Q.BF16: torch.bfloat16}
         self._tensors: dict[str, GGUFTensor] = {}
         found = {}
+        rope_freqs = None
         for t in tensors:
-            if t.name == "rope_freqs.weight":
-                raise ConversionError("this GGUF stores llama3 rope scaling as rope_freqs factors, which llamakit cannot "
-                                      "map back to a config", path=path, fix="convert the original HF or Meta checkpoint")
+            if t.name == "rope_freqs.weight":  # llama.cpp's llama3 scaling (every Llama 3.1+ GGUF): checked, then dropped
+                rope_freqs = t
+                continue
             rule, layer = keymap.lookup(t.name, "gguf", path=path)
             meta_key = keymap.name_of(rule, "meta", layer)
             found[meta_key] = (t.shape, plain.get(Q(t.qtype), torch.float32))
             self._tensors[meta_key] = t
+        self._data = np.memmap(self.path, dtype=np.uint8, mode="c")  # copy-on-write: writable views, never written
+        self.output = self._output()
+        if self.output == "same_as_embedding":  # the tie stored twice: converted as the tie
+            found.pop("output.weight")
+            self._tensors.pop("output.weight")
         self.arch = self._arch(found)
+        self.rope_freqs = None
+        if rope_freqs is not None:
+            self.rope_freqs = self._read_rope_freqs(rope_freqs)
+            self.arch = self.arch.with_(rope_scaling=llama3_scaling_for(self.rope_freqs, self.arch, path=self.path))
         expected = expected_shapes(self.arch)
         missing = [keymap.rename(k, "meta", "gguf") for k in expected if k not in found]
         if missing:
@@ -166,7 +176,18 @@ class GGUFSource:
                                       f"{expected.get(key)}", path=path)
         self._entries = [Entry(k, expected[k], found[k][1]) for k in expected]
         self.tokenizer_model = self.meta.get("tokenizer.ggml.model")
-        self._data = np.memmap(self.path, dtype=np.uint8, mode="c")  # copy-on-write: writable views, never written
+
+    def _output(self) -> str:
+        """'absent', 'same_as_embedding' (same type and bytes as token_embd) or 'distinct': tying by content."""
+        out, emb = self._tensors.get("output.weight"), self._tensors.get("tok_embeddings.weight")
+        if out is None:
+            return "absent"
+        if emb is None or (out.shape, out.qtype, out.nbytes) != (emb.shape, emb.qtype, emb.nbytes):
+            return "distinct"
+        a, b = self._data[out.offset:out.offset + out.nbytes], self._data[emb.offset:emb.offset + emb.nbytes]
+        if not (a[:1 << 20] == b[:1 << 20]).all():  # an untied model differs at once: no need to read it all
+            return "distinct"
+        return "same_as_embedding" if bool((a == b).all()) else "distinct"
 
     def _arch(self, found) -> Arch:
         m = self.meta
@@ -195,6 +216,15 @@ class GGUFSource:
             pad_token_id=m.get("tokenizer.ggml.padding_token_id"),
             extra_hf={"_model_name_or_path": name} if name else {},
         )
+
+    def _read_rope_freqs(self, t: GGUFTensor) -> "torch.Tensor":
+        from gguf import GGMLQuantizationType as Q
+
+        head_dim = int(self.meta["llama.embedding_length"]) // int(self.meta["llama.attention.head_count"])
+        if Q(t.qtype) != Q.F32 or t.shape != (head_dim // 2,):
+            raise ConversionError(f"rope_freqs is {Q(t.qtype).name} {t.shape}, llama.cpp writes F32 ({head_dim // 2},)",
+                                  path=self.path, fix="re-convert the GGUF with llama.cpp")
+        return _decode(self._data[t.offset:t.offset + t.nbytes].reshape(1, -1), t.qtype).reshape(-1).clone()
 
     def entries(self) -> list[Entry]:
         return self._entries
@@ -229,3 +259,46 @@ def _decode(raw, qtype: int) -> "torch.Tensor":
         out = torch.from_numpy(np.ascontiguousarray(raw).view({Q.F32: np.float32, Q.F16: np.float16, Q.BF16: np.int16}[q]))
         return out.view(torch.bfloat16) if q == Q.BF16 else out
     return torch.from_numpy(np.ascontiguousarray(dequantize(raw, q), dtype=np.float32))
+
+
+# --- llama3 rope scaling as llama.cpp stores it -------------------------------------
+
+
+def rope_freq_factors(scaling: dict, head_dim: int, theta: float) -> "torch.Tensor":
+    """The per-frequency divisors llama.cpp writes as rope_freqs for a llama3 `scaling` (freq / factor = scaled freq)."""
+    import math
+
+    import torch
+
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    factor, lo, hi = float(scaling["factor"]), float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / freqs
+    smooth = (old / wavelen - lo) / (hi - lo)
+    mid = 1 / ((1 - smooth) / factor + smooth)
+    return torch.where(wavelen < old / hi, torch.ones_like(freqs), torch.where(wavelen > old / lo, factor, mid))
+
+
+def llama3_scaling_for(rope_freqs: "torch.Tensor", arch: Arch, *, path: Path) -> dict:
+    """The llama3 scaling whose factors are `rope_freqs`: among those the catalog gives this architecture's shapes,
+    else among every one the catalog and the release errata know; refused when none reproduces the file."""
+    from llamakit.convert.decide import shape_matches
+    from llamakit.convert.errata import load_errata
+
+    import torch
+
+    own = [r.rope_scaling.model_dump() for r in shape_matches(arch, True) if r.rope_scaling]
+    known = own or [e.sets.rope_scaling.model_dump() for e in load_errata() if e.sets.rope_scaling]
+    seen = []
+    for sc in known:
+        sc = {k: v for k, v in sc.items() if k != "rope_type"}
+        if sc in seen:
+            continue
+        seen.append(sc)
+        if torch.allclose(rope_freq_factors(sc, arch.head_dim, arch.rope_theta), rope_freqs, rtol=1e-5, atol=0):
+            return sc
+    said = ", ".join(f"{x:g}" for x in rope_freqs.tolist()[:8])
+    raise ConversionError(f"rope_freqs [{said}{', ...' if len(rope_freqs) > 8 else ''}] matches no llama3 rope scaling "
+                          f"{'the catalog gives this architecture' if own else 'llamakit knows'} "
+                          f"(tried factor {', '.join(format(x['factor'], 'g') for x in seen)})", path=path,
+                          fix="convert the original HF or Meta checkpoint, or add the release to the catalog")

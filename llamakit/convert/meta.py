@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 from llamakit.convert import keymap
 from llamakit.convert.arch import Arch, meta_ffn_dim, validate_params_json
+from llamakit.convert.decide import Decision, Facts, Output, decide, params_json, rope_from_params
 from llamakit.convert.output import FileSpan, coalesce
 from llamakit.convert.pth import PthWriter, load_pth, prefetch, release
 from llamakit.convert.pth_index import read_index
@@ -62,6 +63,8 @@ class ShardPlan:
     mp: int
     entries: list[Entry]
     split_dims: dict[str, int | None]
+    decision: Decision | None = None
+    has_output: bool = True  # the shards hold output.weight (Meta's code always has one; old tied exports lack it)
 
 
 def shard_files(directory: Path) -> list[Path]:
@@ -76,8 +79,13 @@ def shard_files(directory: Path) -> list[Path]:
 
 
 def plan_shards(params: dict, shards: list[dict[str, tuple[tuple[int, ...], "torch.dtype"]]], *,
-                where: Path) -> ShardPlan:
-    """The merged layout of Meta shards, from shapes alone (no tensor data is read)."""
+                where: Path, output_same: Callable[[], bool] | None = None,
+                legacy_hint: bool | None = None) -> ShardPlan:
+    """The merged layout of Meta shards, from shapes alone, and the architecture decided from it (decide.py).
+
+    `output_same()` says whether output.weight holds the same bytes as tok_embeddings.weight (only asked
+    when both are there; None: treat them as distinct). `legacy_hint`: with one shard the embedding split is
+    invisible, so the tokenizer says which code wrote it (sentencepiece: Llama 1/2)."""
     n = len(shards)
     names = [f"consolidated.{r:02d}.pth" for r in range(n)]
     keys0 = [k for k in shards[0] if k not in keymap.DROPPED_META]
@@ -126,24 +134,56 @@ def plan_shards(params: dict, shards: list[dict[str, tuple[tuple[int, ...], "tor
             shape[d] *= n
         split_dims[key], full[key] = d, (tuple(shape), dtypes.pop())
 
-    tied = "output.weight" not in rules
     emb_shape = full["tok_embeddings.weight"][0]
+    output: Output = "absent"
+    if "output.weight" in full:
+        if full["output.weight"][0] != emb_shape:
+            raise ConversionError(f"output.weight merges to {full['output.weight'][0]}, tok_embeddings to {emb_shape}",
+                                  path=where, fix="the shards come from different checkpoints")
+        output = "same_as_embedding" if output_same is not None and output_same() else "distinct"
+    if n == 1:
+        legacy = legacy_hint if legacy_hint is not None else params.get("vocab_size", -1) == -1
     w1 = full.get("layers.0.feed_forward.w1.weight")
     hidden = w1[0][0] if w1 else meta_ffn_dim(dim, params.get("multiple_of", 256), params.get("ffn_dim_multiplier"))
-    arch = Arch.from_params_json(params, path=where / "params.json", vocab_size=emb_shape[0], hidden_dim=hidden,
-                                 tied=tied, legacy_embedding=legacy or (n == 1 and params.get("vocab_size", -1) == -1))
+    base = Arch.from_params_json(params, path=where / "params.json", vocab_size=emb_shape[0], hidden_dim=hidden,
+                                 tied=output != "distinct", legacy_embedding=legacy, rope_given=rope_from_params(params))
+    decision = decide(Facts(base, bool(params.get("use_scaled_rope")), output, context_given=False))
+    arch = decision.arch
     expected = expected_shapes(arch)
     missing = [k for k in expected if k not in full]
     if missing:
         raise ConversionError(f"missing tensor(s) {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}",
                               path=where / names[0], fix="the checkpoint is incomplete")
     for key, (shape, _) in full.items():
+        if key == "output.weight" and arch.tied:
+            continue  # the embedding again (checked above): converted as the tie, written back by write_meta
         if key not in expected:
             raise ConversionError(f"'{key}' is beyond n_layers={arch.n_layers} of params.json", path=where / names[0])
         if shape != expected[key]:
             raise ConversionError(f"'{key}' merges to {shape}, params.json implies {expected[key]}", path=where)
     entries = [Entry(k, expected[k], full[k][1]) for k in expected]
-    return ShardPlan(arch, n, entries, split_dims)
+    return ShardPlan(arch, n, entries, split_dims, decision, "output.weight" in full)
+
+
+def refuse_fp8(directory: Path, params: dict) -> None:
+    """Meta's FP8 releases (Llama 3.1 405B FP8) keep fp8 weights with per-row scales in fp8_scales_N.pt beside each
+    shard, for Meta's fp8 inference kernels; neither transformers' Llama nor Meta's bf16 layout holds them."""
+    scales = sorted(p.name for p in directory.glob("fp8_scales_*.pt"))
+    if not scales:
+        return
+    from llamakit import catalog
+    from llamakit.errors import LlamakitError
+
+    try:
+        names = [r.name for r in catalog.list_releases() if r.quantization and r.quantization.startswith("fp8")
+                 and (r.meta.dim, r.meta.n_layers) == (params.get("dim"), params.get("n_layers"))]
+    except LlamakitError:
+        names = []
+    what = f" ({' / '.join(names)})" if names else ""
+    raise ConversionError(f"an FP8 checkpoint{what}: {scales[0]} holds fp8 scales that neither transformers' Llama nor "
+                          "Meta's bf16 layout can take", path=directory,
+                          fix="fetch and convert the bf16 release instead (e.g. `llamakit fetch llama-3.1-405b`, MP8, "
+                              "or llama-3.1-405b-mp16), or use Meta's fp8 inference code as is")
 
 
 def expected_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
@@ -185,6 +225,7 @@ class MetaSource:
         self.path = Path(directory)
         files = shard_files(self.path)
         self.params = validate_params_json(self.path / "params.json")
+        refuse_fp8(self.path, self.params)
         self._files = files
         self._index = [read_index(f) for f in files]
         self._loaded = None if torch_free else [load_pth(f) for f in files]
@@ -196,8 +237,45 @@ class MetaSource:
                 if {k: r.shape for k, r in ix.items()} != {k: v[0] for k, v in sh.items()}:
                     raise InputFileError("the zip records and torch.load disagree on the tensors", path=f,
                                          fix="re-download it and check it against checklist.chk (`llamakit verify`)")
-        self.plan = plan_shards(self.params, shapes, where=self.path)
+        from llamakit.convert.tokenizer import find_meta_tokenizer, tokenizer_kind
+
+        self.tokenizer_path = find_meta_tokenizer(self.path)
+        kind = tokenizer_kind(self.tokenizer_path) if self.tokenizer_path else None
+        self.plan = plan_shards(self.params, shapes, where=self.path, output_same=self._output_same_as_embedding,
+                                legacy_hint=(kind == "sentencepiece") if kind else None)
         self.arch, self.mp = self.plan.arch, self.plan.mp
+        self.decision = self.plan.decision
+        self.catalog = self.decision.catalog
+
+    def _output_same_as_embedding(self, chunk: int = 16 << 20) -> bool:
+        """Whether output.weight holds exactly tok_embeddings.weight's bytes (Llama 3.2 1B/3B: Meta stores the tied
+        projection twice). Shard by shard from the zip records: both are split along the vocabulary in
+        Llama 3 checkpoints; an untied model differs in its first chunk, so this costs one read there."""
+        out = [ix["output.weight"] for ix in self._index]
+        emb = [ix["tok_embeddings.weight"] for ix in self._index]
+        if any(str(o.dtype) != str(e.dtype) for o, e in zip(out, emb)):
+            return False
+        if not all(o.contiguous and e.contiguous and o.shape == e.shape for o, e in zip(out, emb)):
+            import torch  # a dim-split (Llama 1/2) embedding or an unusual layout: compare merged tensors
+
+            return torch.equal(self._merged("output.weight"), self._merged("tok_embeddings.weight"))
+        for f, o, e in zip(self._files, out, emb):
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                for a in range(0, o.nbytes, chunk):
+                    n = min(chunk, o.nbytes - a)
+                    if os.pread(fd, n, o.offset + a) != os.pread(fd, n, e.offset + a):
+                        return False
+            finally:
+                os.close(fd)
+        return True
+
+    def _merged(self, name: str):
+        import torch
+
+        d = 1 if name == "tok_embeddings.weight" and self._index[0][name].shape[1] * len(self._files) == \
+            int(self.params["dim"]) and len(self._files) > 1 else 0
+        return torch.cat([s[name] for s in self._shards], dim=d)
 
     @property
     def _shards(self) -> list[dict[str, "torch.Tensor"]]:
@@ -298,22 +376,28 @@ def write_meta(source, out: Path, *, mp: int, dtype, progress: Callable[[str, in
     """Split `source` into `mp` consolidated.NN.pth files + params.json + checklist.chk, block by block."""
     arch = source.arch
     entries = source.entries()
+    # (entry, the source tensor it is read from): Meta's code always has an output projection, so a tied
+    # model gets output.weight as a copy of the embedding, as Meta ships Llama 3.2 1B/3B.
+    sources = [(e, e.name) for e in entries]
+    if arch.tied:
+        emb = next(e for e in entries if e.name == "tok_embeddings.weight")
+        sources.append((Entry("output.weight", emb.shape, emb.dtype), emb.name))
     plans = []
-    for e in entries:
+    for e, src_name in sources:
         rule, _ = keymap.lookup(e.name, "meta")
         d = keymap.split_dim(rule, legacy_embedding=arch.legacy_embedding)
         shard_shape = list(e.shape)
         if d is not None:
             shard_shape[d] //= mp
-        plans.append((e, d, tuple(shard_shape), dtype or e.dtype))
+        plans.append((e, d, tuple(shard_shape), dtype or e.dtype, src_name))
     paths = [out / f"consolidated.{r:02d}.pth" for r in range(mp)]
-    writers = [PthWriter(p, [(e.name, shape, dt) for e, _, shape, dt in plans]) for p in paths]
+    writers = [PthWriter(p, [(e.name, shape, dt) for e, _, shape, dt, _ in plans]) for p in paths]
     try:
-        for e, d, shard_shape, out_dtype in plans:
+        for e, d, shard_shape, out_dtype, src_name in plans:
             for w in writers:
                 w.begin(e.name)
             row = 0  # rows of the full tensor written so far (dim-0 splits send each row to one shard)
-            for part in source.parts(e.name, part_rows(e, arch.head_dim, out_dtype.itemsize)):
+            for part in source.parts(src_name, part_rows(e, arch.head_dim, out_dtype.itemsize)):
                 if part.dtype != out_dtype:
                     part = part.to(out_dtype)
                 if d is None:
@@ -337,7 +421,7 @@ def write_meta(source, out: Path, *, mp: int, dtype, progress: Callable[[str, in
         for w in writers:
             w.abort()
         raise
-    (out / "params.json").write_text(json.dumps(arch.to_params_json(), indent=2) + "\n")
+    (out / "params.json").write_text(json.dumps(params_json(arch), indent=2) + "\n")
     write_checklist(out)
     return paths + [out / "params.json", out / "checklist.chk"]
 

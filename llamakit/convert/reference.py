@@ -3,8 +3,12 @@
 This follows `llama/model.py` of Meta's llama (1/2) and llama3 / llama-models repos line
 for line where it matters: RMSNorm in float32, rotary embeddings as complex products on
 *adjacent* pairs (`view_as_complex`), llama3 frequency scaling (`apply_scaling`),
-grouped-query attention with `repeat_kv`, SwiGLU `w2(silu(w1 x) * w3 x)`, tied output
-when the checkpoint has no `output.weight`.
+grouped-query attention with `repeat_kv`, SwiGLU `w2(silu(w1 x) * w3 x)`, the embedding as
+output projection when the checkpoint has no `output.weight`.
+
+It guesses nothing: the llama3 scaling (`rope`) comes from decide.py (params.json + the
+release errata), where Meta's own code would hard-code factor 8. Tokens may sit at any
+position ids (the check's spread batch reaches the scaled long-wavelength frequencies).
 
 It does not merge model-parallel shards. Like fairscale's layers it runs every rank on
 its own slice and combines them the way the collective ops would: ColumnParallel
@@ -42,11 +46,6 @@ class ModelArgs:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     use_scaled_rope: bool = False
-    rope_scaling_factor: float | None = None
-    rope_high_freq_factor: float = 4.0
-    # llamakit extensions, written to params.json only when they differ from Meta's constants
-    rope_low_freq_factor: float = 1.0
-    rope_original_max_position_embeddings: int = 8192
 
     @classmethod
     def from_params(cls, params: dict) -> "ModelArgs":
@@ -55,31 +54,30 @@ class ModelArgs:
 
 def apply_scaling(freqs: torch.Tensor, scale_factor: float, low_freq_factor: float, high_freq_factor: float,
                   old_context_len: int) -> torch.Tensor:
+    """Meta's llama3 `apply_scaling` (vectorised as in llama-models 0.3.0), with its constants as arguments."""
     low_freq_wavelen = old_context_len / low_freq_factor
     high_freq_wavelen = old_context_len / high_freq_factor
-    new_freqs = []
-    for freq in freqs:
-        wavelen = 2 * math.pi / freq
-        if wavelen < high_freq_wavelen:
-            new_freqs.append(freq)
-        elif wavelen > low_freq_wavelen:
-            new_freqs.append(freq / scale_factor)
-        else:
-            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
-            new_freqs.append((1 - smooth) * freq / scale_factor + smooth * freq)
-    return torch.tensor(new_freqs, dtype=freqs.dtype, device=freqs.device)
+    wavelen = 2 * math.pi / freqs
+    new_freqs = torch.where(wavelen > low_freq_wavelen, freqs / scale_factor, freqs)
+    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    return torch.where((wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen),
+                       (1 - smooth) * new_freqs / scale_factor + smooth * new_freqs, new_freqs)
 
 
-def precompute_freqs_cis(args: ModelArgs, end: int, *, tied: bool) -> torch.Tensor:
+def precompute_freqs_cis(args: ModelArgs, positions: torch.Tensor, rope: dict | None,
+                         freq_factors: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotations at `positions` ([seq] ids); `rope`: the decided llama3 scaling, required when use_scaled_rope;
+    `freq_factors`: llama.cpp's rope_freqs instead (each frequency divided by its factor, as llama.cpp runs it)."""
     dim = args.dim // args.n_heads
     freqs = 1.0 / (args.rope_theta ** (torch.arange(0, dim, 2)[: (dim // 2)].float() / dim))
-    if args.use_scaled_rope:
-        # Meta leaves the factor out of params.json: 32 for the tied 3.2 1B/3B, 8 otherwise
-        factor = args.rope_scaling_factor or (32.0 if tied else 8.0)
-        freqs = apply_scaling(freqs, factor, args.rope_low_freq_factor, args.rope_high_freq_factor,
-                              args.rope_original_max_position_embeddings)
-    t = torch.arange(end, device=freqs.device, dtype=torch.float32)
-    freqs = torch.outer(t, freqs)
+    if freq_factors is not None:
+        freqs = freqs / freq_factors
+    elif args.use_scaled_rope:
+        if not rope:
+            raise ValueError("use_scaled_rope needs the decided llama3 scaling (decide.py)")
+        freqs = apply_scaling(freqs, rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"],
+                              rope["original_max_position_embeddings"])
+    freqs = torch.outer(positions.to(torch.float32), freqs)
     return torch.polar(torch.ones_like(freqs), freqs)
 
 
@@ -148,8 +146,8 @@ def embed(args: ModelArgs, mp: int, w: Weights, tokens: torch.Tensor) -> torch.T
     return out
 
 
-def output(args: ModelArgs, mp: int, w: Weights, h: torch.Tensor, *, tied: bool) -> torch.Tensor:
-    name = "tok_embeddings.weight" if tied else "output.weight"
+def output(args: ModelArgs, mp: int, w: Weights, h: torch.Tensor, *, has_output: bool) -> torch.Tensor:
+    name = "output.weight" if has_output else "tok_embeddings.weight"
     shards = [w(rank, name) for rank in range(mp)]
     if shards[0].shape[1] != args.dim:  # tied to a dim-split embedding: partial sums over the model dim
         cols = torch.split(h, [s.shape[1] for s in shards], dim=-1)
@@ -157,17 +155,46 @@ def output(args: ModelArgs, mp: int, w: Weights, h: torch.Tensor, *, tied: bool)
     return torch.cat([h @ s.T for s in shards], dim=-1).float()  # ColumnParallelLinear(gather_output=True)
 
 
+def forward(params: dict, weights: Weights, tokens: torch.Tensor, *, mp: int = 1, has_output: bool = True,
+            rope: dict | None = None, positions: torch.Tensor | None = None,
+            freq_factors: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [batch, seq, vocab] in float32 for `tokens` [batch, seq] at `positions` [seq] (default 0..seq-1).
+    `has_output`: the checkpoint holds output.weight (else the embedding projects); `rope`: decided llama3 scaling."""
+    return forward_batches(params, weights, [(tokens, positions)], mp=mp, has_output=has_output, rope=rope,
+                           freq_factors=freq_factors)[0]
+
+
 @torch.no_grad()
-def forward(params: dict, weights: Weights, tokens: torch.Tensor, *, mp: int = 1, tied: bool = False) -> torch.Tensor:
-    """Logits [batch, seq, vocab] in float32 for `tokens` [batch, seq]."""
+def forward_batches(params: dict, weights: Weights, batches: list, *, mp: int = 1, has_output: bool = True,
+                    rope: dict | None = None, freq_factors: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """`forward` for several (tokens, positions or None) batches in one pass over the weights: each tensor is read
+    once for all of them (a layer's tensors are held until the layer is done)."""
     args = ModelArgs.from_params(params)
-    _, seqlen = tokens.shape
-    freqs_cis = precompute_freqs_cis(args, seqlen, tied=tied)
-    mask = torch.triu(torch.full((seqlen, seqlen), float("-inf")), diagonal=1)
-    h = embed(args, mp, weights, tokens)
+    state = []
+    for tokens, positions in batches:
+        seqlen = tokens.shape[1]
+        freqs_cis = precompute_freqs_cis(args, torch.arange(seqlen) if positions is None else positions, rope, freq_factors)
+        mask = torch.triu(torch.full((seqlen, seqlen), float("-inf")), diagonal=1)
+        state.append([None, freqs_cis, mask, tokens])
+    held: dict = {}
+
+    def w(rank: int, name: str) -> torch.Tensor:
+        if (rank, name) not in held:
+            held[(rank, name)] = weights(rank, name)
+        return held[(rank, name)]
+
+    for s in state:
+        s[0] = embed(args, mp, w, s[3])
+    held.clear()
     for i in range(args.n_layers):
-        h = h + attention(args, mp, weights, i, rms_norm(h, weights(0, f"layers.{i}.attention_norm.weight"), args.norm_eps),
-                          freqs_cis, mask)
-        h = h + feed_forward(mp, weights, i, rms_norm(h, weights(0, f"layers.{i}.ffn_norm.weight"), args.norm_eps))
-    h = rms_norm(h, weights(0, "norm.weight"), args.norm_eps)
-    return output(args, mp, weights, h, tied=tied)
+        for s in state:
+            h, freqs_cis, mask, _ = s
+            h = h + attention(args, mp, w, i, rms_norm(h, w(0, f"layers.{i}.attention_norm.weight"), args.norm_eps),
+                              freqs_cis, mask)
+            s[0] = h + feed_forward(mp, w, i, rms_norm(h, w(0, f"layers.{i}.ffn_norm.weight"), args.norm_eps))
+        held.clear()
+    outs = []
+    for s in state:
+        h = rms_norm(s[0], w(0, "norm.weight"), args.norm_eps)
+        outs.append(output(args, mp, w, h, has_output=has_output))
+    return outs

@@ -38,7 +38,7 @@ META_PARAMS = {
                  rope_theta=500000.0, use_scaled_rope=True, rope_original_max_position_embeddings=64),
 }
 LEGACY = {"mha"}  # Llama 1/2 code: tok_embeddings split along dim 1
-TIED = {"tied"}  # Llama 3.2 1B/3B: no output.weight
+TIED = {"tied"}  # Llama 3.2 1B/3B: output.weight present, byte-equal to tok_embeddings.weight (as Meta ships them)
 VOCAB = {"mha": 128}
 
 # Meta's fairscale layers: ColumnParallelLinear splits dim 0, RowParallelLinear dim 1.
@@ -63,7 +63,8 @@ def ffn_dim(p: dict) -> int:
     return p["multiple_of"] * ((hidden + p["multiple_of"] - 1) // p["multiple_of"])
 
 
-def full_meta_state(shape: str, p: dict, *, seed: int = 0, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
+def full_meta_state(shape: str, p: dict, *, seed: int = 0, dtype=torch.bfloat16, qk_gain: float = 1.0,
+                    ) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     dim, hd = p["dim"], p["dim"] // p["n_heads"]
     kv = p.get("n_kv_heads", p["n_heads"])
@@ -80,14 +81,15 @@ def full_meta_state(shape: str, p: dict, *, seed: int = 0, dtype=torch.bfloat16)
     for i in range(p["n_layers"]):
         pre = f"layers.{i}."
         sd.update({
-            pre + "attention.wq.weight": w(p["n_heads"] * hd, dim), pre + "attention.wk.weight": w(kv * hd, dim),
+            pre + "attention.wq.weight": (w(p["n_heads"] * hd, dim).float() * qk_gain).to(dtype),
+            pre + "attention.wk.weight": (w(kv * hd, dim).float() * qk_gain).to(dtype),
             pre + "attention.wv.weight": w(kv * hd, dim), pre + "attention.wo.weight": w(dim, p["n_heads"] * hd),
             pre + "feed_forward.w1.weight": w(F, dim), pre + "feed_forward.w2.weight": w(dim, F),
             pre + "feed_forward.w3.weight": w(F, dim), pre + "attention_norm.weight": norm(), pre + "ffn_norm.weight": norm(),
         })
     sd["norm.weight"] = norm()
-    if shape not in TIED:
-        sd["output.weight"] = w(vocab, dim)
+    # Meta's Transformer always has an output projection; for the tied 3.2 1B/3B Meta stores the embedding again
+    sd["output.weight"] = sd["tok_embeddings.weight"].clone() if shape in TIED else w(vocab, dim)
     return sd
 
 
@@ -99,13 +101,14 @@ def split_dim(shape: str, key: str) -> int | None:
 
 
 def write_meta_checkpoint(out: Path, shape: str, mp: int, *, seed: int = 0, n_layers: int | None = None,
-                          ) -> tuple[Path, dict, list[dict]]:
-    """A Meta checkpoint dir with `mp` torch.save'd shards; returns (dir, params, shards)."""
+                          qk_gain: float = 1.0) -> tuple[Path, dict, list[dict]]:
+    """A Meta checkpoint dir with `mp` torch.save'd shards; returns (dir, params, shards).
+    `qk_gain` scales wq/wk: sharp attention, whose logits feel the rotary positions."""
     out.mkdir(parents=True, exist_ok=True)
     p = meta_params(shape, mp)
     if n_layers:
         p["n_layers"] = n_layers
-    full = full_meta_state(shape, p, seed=seed)
+    full = full_meta_state(shape, p, seed=seed, qk_gain=qk_gain)
     shards = []
     for r in range(mp):
         shard = {}

@@ -95,3 +95,54 @@ def test_bf16_cast_passes_within_its_tolerance(tmp_path):
     r = convert(src, tmp_path / "bf16", dtype="bf16", show_progress=False)
     assert 0 < r.check["max_abs"] <= r.check["tol"]
     assert all(v.dtype == torch.bfloat16 for v in load_file(tmp_path / "bf16" / "model.safetensors").values())
+
+
+# --- the check sees configuration mistakes, not only weight layouts -------------------------------
+
+
+def _converted_sharp(tmp_path, shape):
+    src, _, _ = write_meta_checkpoint(tmp_path / "meta", shape, 1, qk_gain=20.0)
+    convert(src, tmp_path / "hf", check=False, show_progress=False)
+    return open_source(src), tmp_path / "hf"
+
+
+def _edit_config(d, fn):
+    import json
+
+    cfg = json.loads((d / "config.json").read_text())
+    fn(cfg)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def test_spread_positions_see_a_wrong_rope_factor_for_a_llama32_small_model(tmp_path):
+    """A converter writing Meta's hard-coded factor 8 for a 3.2 1B/3B is caught (with Meta's original context of
+    8192, only the spread batch sees it: test_meta_oracle.py shows that on Meta's own code)."""
+    source, out = _converted_sharp(tmp_path, "tied")
+    assert source.arch.rope_scaling["factor"] == 32.0 and source.arch.tied
+    good = check.compare(source, out, "hf")
+    assert good.spread_max_abs <= good.tol and good.spread_positions[-1] >= 100_000
+
+    def factor_8(cfg):
+        cfg["rope_parameters"]["factor"] = 8.0
+
+    _edit_config(out, factor_8)
+    with pytest.raises(EquivalenceError):
+        check.compare(source, out, "hf")
+
+
+def test_check_catches_llama2_theta_on_a_llama3_model(tmp_path):
+    source, out = _converted_sharp(tmp_path, "gqa")
+
+    def theta_1e4(cfg):
+        cfg["rope_parameters"]["rope_theta"] = 10000.0
+
+    _edit_config(out, theta_1e4)
+    with pytest.raises(EquivalenceError):
+        check.compare(source, out, "hf")
+
+
+def test_check_catches_a_dropped_tie_word_embeddings(tmp_path):
+    source, out = _converted_sharp(tmp_path, "tied")
+    _edit_config(out, lambda cfg: cfg.pop("tie_word_embeddings"))  # transformers then defaults to untied
+    with pytest.raises(EquivalenceError):
+        check.compare(source, out, "hf")

@@ -8,7 +8,7 @@ import torch
 from llamakit.convert import keymap
 from llamakit.catalog import get_release
 from llamakit.convert.arch import meta_ffn_dim, meta_ffn_params
-from llamakit.convert.detect import catalog_matches
+from llamakit.convert.decide import catalog_matches
 from llamakit.convert.meta import plan_shards
 from llamakit.errors import UnknownKeyError
 
@@ -133,3 +133,54 @@ def test_real_70b_and_405b_layouts_on_meta_device(tmp_path, params, mp, vocab, l
         back = keymap.from_hf_layout(rule, hf_t, a.head_dim)
         assert tuple((back if d is None else back.chunk(mp, dim=d)[0]).shape) == shards[0][e.name][0]
     assert got == expected_hf
+
+
+# --- every catalog text release, as Meta ships it, planned on meta-device shapes -----------------
+
+
+def _catalog_text_releases():
+    from llamakit import catalog
+
+    return [r for r in catalog.list_releases() if "meta" in r.formats and r.moe is None and r.vision is None
+            and r.quantization is None]
+
+
+@pytest.mark.parametrize("release", [r.name for r in _catalog_text_releases()])
+def test_every_catalog_text_release_plans_as_meta_ships_it(tmp_path, release):
+    """Meta's code always has output.weight (3.2 1B/3B: byte-equal to the embedding); Llama 1/2 ship vocab_size -1."""
+    rel = get_release(release)
+    m = rel.meta
+    legacy = rel.family in ("llama-1", "llama-2", "code-llama")
+    params = {k: v for k, v in m.model_dump().items() if v is not None}
+    if legacy:
+        params["vocab_size"] = -1
+    shards = _meta_shard_shapes(dict(params, n_kv_heads=m.n_kv_heads), rel.mp_shards, m.vocab_size,
+                                legacy and rel.mp_shards > 1)
+    plan = plan_shards(params, shards, where=tmp_path, output_same=lambda: rel.tie_embeddings, legacy_hint=legacy)
+    a = plan.arch
+    assert (plan.mp, a.tied, a.hidden_dim, a.vocab_size, a.n_kv_heads) == (
+        rel.mp_shards, rel.tie_embeddings, rel.intermediate_size, m.vocab_size, m.n_kv_heads)
+    if m.use_scaled_rope or not rel.rope_scaling:  # Guard 3 8B: params.json says unscaled, its HF config 8 (as published)
+        assert a.rope_scaling == ({k: v for k, v in rel.rope_scaling.model_dump().items() if k != "rope_type"}
+                                  if rel.rope_scaling else None)
+    assert release in plan.decision.catalog
+    twins = {r.context_length for r in _catalog_text_releases() if r.name in plan.decision.catalog}
+    if len(twins) == 1:  # files that cannot tell Llama 3 8B from Guard 3 8B get the generation's context
+        assert a.max_position_embeddings == rel.context_length
+    names = {e.name for e in plan.entries}
+    assert ("output.weight" in names) is not rel.tie_embeddings  # a tied output converts as the tie
+    if rel.tie_embeddings:
+        assert "llama3.2-small-rope-factor-32" in plan.decision.errata
+
+
+def test_fp8_release_is_refused_naming_it(tmp_path):
+    from convert_helpers import write_meta_checkpoint
+
+    from llamakit.convert import convert
+    from llamakit.errors import ConversionError
+
+    src, _, _ = write_meta_checkpoint(tmp_path / "meta", "gqa", 1)
+    (src / "fp8_scales_0.pt").write_bytes(b"")
+    with pytest.raises(ConversionError, match=r"an FP8 checkpoint.*fp8_scales_0\.pt.*"):
+        convert(src, tmp_path / "hf", show_progress=False)
+    assert not (tmp_path / "hf").exists()

@@ -37,7 +37,11 @@ def test_meta_to_hf_matches_reference_and_transformers(tmp_path, tiny_shape, mp)
 
     vocab = shards[0]["tok_embeddings.weight"].shape[0] * (1 if tiny_shape in LEGACY else mp)
     tokens = _tokens(vocab)
-    ref = reference.forward(params, shard_weights(shards), tokens, mp=mp, tied=tiny_shape in TIED)
+    rope = None
+    if params.get("use_scaled_rope"):  # what the HF release says for these generations (the errata's values)
+        rope = dict(factor=32.0 if tiny_shape in TIED else 8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                    original_max_position_embeddings=params["rope_original_max_position_embeddings"])
+    ref = reference.forward(params, shard_weights(shards), tokens, mp=mp, rope=rope)
     model = LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     with torch.no_grad():
         hf = model(tokens).logits
