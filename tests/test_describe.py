@@ -10,7 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import make_llama_model  # noqa: F401  (tests/ is on sys.path)
+import importlib.util
+
+
+def _make_llama_model(shape: str, seed: int):
+    # the root conftest by path: in a whole-suite run `conftest` names whichever was imported last
+    spec = importlib.util.spec_from_file_location("_llamakit_root_conftest_describe", Path(__file__).parent / "conftest.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.make_llama_model(shape, seed=seed)
 
 
 def _git_oid(data: bytes) -> str:
@@ -43,7 +51,7 @@ def llamakit(*args, env):
 
 
 def test_info_local_and_convert_read_a_cache_snapshot_by_repo_id(tmp_path, isolated_hf):
-    model = make_llama_model("gqa", seed=3)
+    model = _make_llama_model("gqa", seed=3)
     model.save_pretrained(tmp_path / "hf")
     snap = cache_snapshot(tmp_path / "hf", isolated_hf / "hub", "acme/tiny-gqa")
     env = {"HF_HUB_CACHE": str(isolated_hf / "hub")}
