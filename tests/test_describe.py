@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import make_llama_model  # noqa: F401
+from tests.conftest import make_llama_model
 
 
 def _git_oid(data: bytes) -> str:

