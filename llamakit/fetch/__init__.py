@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llamakit.errors import free_space
+
 __all__ = ["fetch_release", "FetchResult"]
 
 
@@ -146,18 +148,6 @@ def _selector(include: list[str] | None, exclude: list[str] | None):
     return select
 
 
-def _free_bytes(path: Path) -> int | None:
-    import shutil
-
-    p = Path(path).absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    try:
-        return shutil.disk_usage(p).free
-    except OSError:
-        return None
-
-
 def fetch_release(name: str, *, fmt: str | None = None, revision: str | None = None, out: str | Path | None = None,
                   source: str | None = None, meta_url: str | None = None, workers: int = 4,
                   show_progress: bool = True, config=None, token: str | None = None,
@@ -194,7 +184,7 @@ def fetch_release(name: str, *, fmt: str | None = None, revision: str | None = N
         res = FetchResult(release.name, got.out, fmt, got.source, got.revision, got.files, got.warnings, got.notes,
                           time.perf_counter() - t0)
         if dry_run:
-            res.dry_run, res.planned, res.free_bytes = True, got.specs, _free_bytes(got.out)
+            res.dry_run, res.planned, res.free_bytes = True, got.specs, free_space(got.out)
         return res
     out = Path(out) if out is not None else Path.cwd() / release.name
     if out.exists() and not out.is_dir():
@@ -206,7 +196,7 @@ def fetch_release(name: str, *, fmt: str | None = None, revision: str | None = N
         outcome = _source_module(kind).fetch(ctx)
         res = FetchResult(release.name, out, fmt, outcome.source, outcome.revision, [], outcome.warnings, outcome.notes,
                           time.perf_counter() - t0)
-        res.dry_run, res.planned, res.free_bytes = True, ctx.planned, _free_bytes(out)
+        res.dry_run, res.planned, res.free_bytes = True, ctx.planned, free_space(out)
         return res
     out.mkdir(parents=True, exist_ok=True)
     with dest_lock(out):
