@@ -13,7 +13,8 @@ from typing import Any
 
 
 def describe_local(arg: str | Path) -> dict[str, Any]:
-    from llamakit.convert.detect import detect_format, generation, open_source
+    from llamakit.convert.decide import generation
+    from llamakit.convert.detect import detect_format, open_source
     from llamakit.fetch.hf_cache import parse_snapshot, resolve_local
 
     path = resolve_local(arg)
