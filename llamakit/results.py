@@ -411,6 +411,13 @@ def _main(argv: list[str] | None = None) -> int:
                                  source=f"llamakit pipeline, `make repro PROFILE={args.profile}`",
                                  spread=spread, spread_k=args.spread_k)
     out = args.out or registry_dir() / f"{args.name}.yaml"
+    try:  # re-recording the same run (new spread runs, say) keeps the CPUs it was already checked on
+        old = yaml.safe_load(out.read_text(encoding="utf-8")) if out.is_file() else None
+    except (OSError, yaml.YAMLError):
+        old = None
+    old_rec = old.get("recorded") if isinstance(old, dict) and isinstance(old.get("recorded"), dict) else {}
+    if old_rec.get("metrics_sha256") == recorded["metrics_sha256"]:
+        doc["recorded"]["checked_on"] = list(old_rec.get("checked_on") or [])
     gate = ("tolerances measured from run-to-run spread (tolerance.derived)" if spread
             else "tolerance ~0: this entry is a determinism gate")
     header = ("# Recorded from a real pipeline run by `python -m llamakit.results record`; regenerate,\n"

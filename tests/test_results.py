@@ -284,6 +284,17 @@ def test_checked_adds_the_gated_runs_cpu_and_verdict(tmp_path):
     assert checked(tmp_path / "far")["verdict"].startswith("NOT REPRODUCED (1 metrics")
     assert len(results.load_result_file(entry_path).recorded["checked_on"]) == 3
 
+    # re-recording the same run keeps where it was checked; recording another run starts afresh
+    def record(metrics_file):
+        proc = subprocess.run(
+            [sys.executable, "-m", "llamakit.results", "record", str(metrics_file), "--name", "toy-ci", "--profile", "ci",
+             "--model", "tiny", "--out", str(entry_path)], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        return results.load_result_file(entry_path).recorded["checked_on"]
+
+    assert len(record(mpath)) == 3
+    assert record(other) == []
+
 
 def test_ci_reference_tolerances_are_measured_and_cover_their_runs():
     """The committed `ci` gate is not hand-set: its tolerances come from recorded spread runs, every
