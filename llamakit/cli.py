@@ -236,13 +236,14 @@ def finetune_cmd(
     profile: Optional[str] = typer.Option(None, "--profile", help="Apply the recipe's `profiles.<name>` overrides (ci, full)."),
     set_: list[str] = typer.Option([], "--set", "-S", help="Override recipe keys, e.g. -S lr=1e-4."),
     as_json: bool = typer.Option(False, "--json", help="Print the run's result (steps, loss, throughput, dev scores) as JSON."),
+    metrics: Optional[Path] = typer.Option(None, "--metrics", help="Also write the finished run's training metrics (steps, final loss, last dev score) to this JSON file, for `dvc metrics` / `dvc exp show`."),
 ) -> None:
     """Fine-tune a Llama model for token classification (deterministic, resumable, DDP under torchrun)."""
     from dataclasses import asdict
 
     from llamakit.train import finetune
 
-    result = finetune.run(recipe, profile=profile, overrides=set_)
+    result = finetune.run(recipe, profile=profile, overrides=set_, metrics=metrics)
     if as_json:
         if result.rank == 0:  # under torchrun, one JSON document: rank 0's
             _print_json(asdict(result))
@@ -283,7 +284,7 @@ def evaluate_cmd(
 
 @app.command("report")
 def report_cmd(
-    metrics: Optional[Path] = typer.Option(None, "--metrics", help="metrics.json written by `llamakit evaluate`."),
+    metrics: list[Path] = typer.Option([], "--metrics", help="metrics.json written by `llamakit evaluate`. Repeat it for several runs of one recipe (seeds): each metric then shows the runs' mean ± sd and min–max, and whether the reported value lies in that range."),
     result: Optional[str] = typer.Option(None, "--result", help="Registry entry (name or path under manifests/results/)."),
     out: Path = typer.Option(..., "--out", help="Output directory for report.md/html/json."),
     check: bool = typer.Option(False, "--check", help="Exit 1 when a metric is outside tolerance. Without --metrics/--result: gate the report already in --out."),
@@ -296,7 +297,7 @@ def report_cmd(
     """Hold reproduced metrics against a reported result, with provenance."""
     from llamakit import report as reportmod
 
-    rep = reportmod.build_or_load(metrics, result, out, run_dir=run, timings_dir=timings, dvc_lock=dvc_lock, release_lock=release_lock)
+    rep = reportmod.build_or_load(metrics or None, result, out, run_dir=run, timings_dir=timings, dvc_lock=dvc_lock, release_lock=release_lock)
     if as_json:
         _print_json(rep.to_json())
     else:

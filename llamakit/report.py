@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from llamakit import atomic, provenance, results
+from llamakit import atomic, provenance, results, spread
 from llamakit.run_record import RunRecord, read_json, read_run
 from llamakit.errors import InputFileError, MetricFailure, ReproductionFailed, UsageError
 
@@ -46,6 +46,7 @@ class MetricRow:
     at_least: bool = False  # one-sided: only falling short by more than the tolerance fails
     delta: Optional[float] = None
     passed: bool = False
+    runs: Optional[dict] = None  # several runs (seeds): spread.RunSpread as JSON; `reproduced` is their mean
 
     def __post_init__(self) -> None:
         if self.reproduced is not None:
@@ -101,16 +102,25 @@ class Report:
                 "dataset": entry.dataset.model_dump(exclude_none=True), "decimals": entry.decimals,
                 "definitions": entry.definitions, "file": self.meta["result_file"],
             },
-            "evaluation": {k: self.meta[k] for k in ("metrics_file", "metrics_sha256", "split", "n_sentences", "n_words")},
+            "evaluation": {k: self.meta[k] for k in ("metrics_file", "metrics_sha256", "split", "n_sentences", "n_words", "runs")
+                           if k in self.meta},
             "result_sha256": self.meta["result_sha256"],
             "metrics": [asdict(r) for r in self.rows],
             "provenance": self.provenance,
         }
 
 
-def compare(metrics: dict, entry: results.ResultEntry) -> list[MetricRow]:
-    return [MetricRow(name, reported, results.lookup(metrics, name), entry.tolerance_for(name), entry.at_least(name))
-            for name, reported in entry.flat_metrics().items()]
+def compare(metrics: dict | list[dict], entry: results.ResultEntry) -> list[MetricRow]:
+    """One run's metrics, or several runs' (seeds): then each row holds their mean and spread."""
+    reported = entry.flat_metrics()
+    if isinstance(metrics, dict) or len(metrics) == 1:
+        one = metrics if isinstance(metrics, dict) else metrics[0]
+        return [MetricRow(name, value, results.lookup(one, name), entry.tolerance_for(name), entry.at_least(name))
+                for name, value in reported.items()]
+    combined = spread.combine(metrics, list(reported), reported, results.lookup)
+    return [MetricRow(name, value, combined[name][0], entry.tolerance_for(name), entry.at_least(name),
+                      runs=combined[name][1].to_json() if combined[name][1] else None)
+            for name, value in reported.items()]
 
 
 def _confusion(metrics_path: Path) -> Optional[dict]:
@@ -166,22 +176,29 @@ def collect_provenance(*, run: RunRecord, timings_dir: Optional[Path], dvc_lock:
     }
 
 
-def build_report(metrics_path: str | Path, result_name_or_path: str | Path, out_dir: str | Path, *,
+def build_report(metrics_path: str | Path | list, result_name_or_path: str | Path, out_dir: str | Path, *,
                  run_dir: str | Path | None = None, timings_dir: str | Path | None = None,
                  dvc_lock: str | Path | None = "dvc.lock", release_lock: str | Path | None = None,
                  repo_root: str | Path = ".") -> Report:
-    metrics_path, out_dir = Path(metrics_path), Path(out_dir)
+    """`metrics_path`: one metrics.json, or a list of several runs of one recipe (llamakit/spread.py)."""
+    paths = [Path(p) for p in metrics_path] if isinstance(metrics_path, (list, tuple)) else [Path(metrics_path)]
+    metrics_path, out_dir = paths[0], Path(out_dir)
     _check_provenance_inputs(Path(dvc_lock) if dvc_lock is not None else None,
                              Path(release_lock) if release_lock is not None else None)
     run = read_run(Path(run_dir) if run_dir is not None else None)
     entry = results.load_result(result_name_or_path)
-    metrics = read_json(metrics_path, "metrics.json")
+    runs = [read_json(p, "metrics.json") for p in paths]
+    metrics = runs[0]
     split = metrics.get("split")
-    if split is not None and split != entry.dataset.split:
-        raise UsageError(f"metrics are for split '{split}' but registry entry '{entry.name}' reports split "
-                         f"'{entry.dataset.split}'", path=metrics_path,
-                         fix=f"evaluate with --split {entry.dataset.split} or choose another --result")
-    rows = compare(metrics, entry)
+    for p, m in zip(paths, runs):
+        if m.get("split") is not None and m.get("split") != entry.dataset.split:
+            raise UsageError(f"metrics are for split '{m.get('split')}' but registry entry '{entry.name}' reports split "
+                             f"'{entry.dataset.split}'", path=p,
+                             fix=f"evaluate with --split {entry.dataset.split} or choose another --result")
+    if len({(m.get("n_sentences"), m.get("n_words")) for m in runs}) > 1:
+        raise UsageError("the runs were scored on different data (sentence or word counts differ)", path=paths[-1],
+                         fix="pass metrics.json files of one recipe, each evaluated on the same split")
+    rows = compare(runs, entry)
     meta = {
         "result_file": str(results.resolve(result_name_or_path)),
         "metrics_file": str(metrics_path),
@@ -189,6 +206,8 @@ def build_report(metrics_path: str | Path, result_name_or_path: str | Path, out_
         "result_sha256": _sha256(results.resolve(result_name_or_path)),
         "split": split, "n_sentences": metrics.get("n_sentences"), "n_words": metrics.get("n_words"),
     }
+    if len(paths) > 1:
+        meta["runs"] = [{"metrics_file": str(p), "metrics_sha256": _sha256(p)} for p in paths]
     prov = collect_provenance(
         run=run, timings_dir=Path(timings_dir) if timings_dir is not None else None,
         dvc_lock=Path(dvc_lock) if dvc_lock is not None else None,
@@ -243,6 +262,8 @@ def load_report(out_dir: str | Path) -> Report:
         metrics_path = Path(doc["evaluation"]["metrics_file"])
         result_file = Path(doc["result"]["file"])
         want = {metrics_path: doc["evaluation"]["metrics_sha256"], result_file: doc["result_sha256"]}
+        runs = [Path(r["metrics_file"]) for r in doc["evaluation"].get("runs") or []]
+        want.update({Path(r["metrics_file"]): r["metrics_sha256"] for r in doc["evaluation"].get("runs") or []})
     except (KeyError, TypeError) as exc:
         raise InputFileError(f"report.json lacks {exc}", path=path, fix="rerun `llamakit report` with --metrics and --result") from exc
     for src, digest in want.items():
@@ -250,14 +271,15 @@ def load_report(out_dir: str | Path) -> Report:
             raise InputFileError(f"report is stale: {src} changed since the report was written", path=path,
                                  fix="run `dvc repro` (or `llamakit report` with --metrics and --result) first")
     entry = results.load_result_file(result_file)
-    metrics = read_json(metrics_path, "metrics.json")
+    metrics = [read_json(p, "metrics.json") for p in runs or [metrics_path]]
     meta = {"result_file": str(result_file), "metrics_file": str(metrics_path), "metrics_sha256": want[metrics_path],
             "result_sha256": want[result_file], "run_finished": doc.get("run_finished"),
-            **{k: doc["evaluation"].get(k) for k in ("split", "n_sentences", "n_words")}}
+            **{k: doc["evaluation"].get(k) for k in ("split", "n_sentences", "n_words")},
+            **({"runs": doc["evaluation"]["runs"]} if runs else {})}
     return Report(entry, metrics_path, out_dir, compare(metrics, entry), doc.get("provenance") or {}, meta)
 
 
-def build_or_load(metrics_path: str | Path | None, result_name_or_path: str | Path | None, out_dir: str | Path, *,
+def build_or_load(metrics_path: str | Path | list | None, result_name_or_path: str | Path | None, out_dir: str | Path, *,
                   timings_dir: str | Path | None = None, **kwargs: Any) -> Report:
     """`llamakit report`: build from --metrics and --result, or (neither given) load OUT's report."""
     if metrics_path is None and result_name_or_path is None:
@@ -314,7 +336,7 @@ def _per_tag_csv(per_tag: list[dict]) -> str:
 
 def summary(rep: Report):
     """One screen: verdict, the F1 rows (all rows when few), failures, and provenance in a few lines."""
-    from llamakit.report_render import fmt, fmt_delta  # rendering lives there; report_render imports nothing of ours
+    from llamakit.report_render import fmt, fmt_delta, fmt_spread  # rendering lives there; report_render imports nothing of ours
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
@@ -327,11 +349,15 @@ def summary(rep: Report):
         shown = (fails + [r for r in shown if r.passed])[:20]
         failed_hidden = max(0, len(fails) - 20)
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for col, just in (("metric", "left"), ("reported", "right"), ("reproduced", "right"), ("Δ", "right"), ("tol", "right"), ("", "left")):
+    several = any(r.runs for r in rep.rows)
+    cols = (("metric", "left"), ("reported", "right"), ("mean of runs" if several else "reproduced", "right"), ("Δ", "right"),
+            ("tol", "right"), *((("sd", "right"), ("min–max", "right"), ("in range", "left")) if several else ()), ("", "left"))
+    for col, just in cols:
         table.add_column(col, justify=just)
     for r in shown:
         mark = Text("pass", style="green") if r.passed else Text("FAIL", style="bold red")
-        table.add_row(r.name, fmt(r.reported), fmt(r.reproduced), fmt_delta(r), r.tolerance_label, mark)
+        extra = fmt_spread(r) if several else ()
+        table.add_row(r.name, fmt(r.reported), fmt(r.reproduced), fmt_delta(r), r.tolerance_label, *extra, mark)
     n, nf = len(rep.rows), len(rep.failures)
     verdict = (Text(f"REPRODUCED — all {n} metrics within tolerance", style="bold green") if rep.passed
                else Text(f"NOT REPRODUCED — {nf} of {n} metrics outside tolerance", style="bold red"))
@@ -350,6 +376,8 @@ def summary(rep: Report):
                      + f" · total {prov.get('total_wall_s', 0):.0f}s")
     lines.append(f"report → {rep.out_dir / 'report.html'}")
     parts = [verdict]
+    if several:
+        parts.append(Text(spread.summary_line(rep.rows)))
     differences = environment_differences(rep)
     if differences:
         parts.append(Text("This run's environment differs from the reference's:\n" + "\n".join(f"  {d}" for d in differences),

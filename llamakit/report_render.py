@@ -35,6 +35,23 @@ def fmt_delta(row) -> str:
     return f"{row.delta:+.4f}"
 
 
+def fmt_spread(row) -> tuple[str, str, str]:
+    """A MetricRow's spread over several runs: sd, min–max, whether the reported value lies in that range."""
+    s = row.runs
+    if not s:
+        return "—", "—", "—"
+    return fmt(s["sd"]), f"{fmt(s['min'])}–{fmt(s['max'])}", "yes" if s["reported_within_range"] else "no"
+
+
+def _runs_note(rep: "Report") -> list[str]:
+    runs = rep.meta.get("runs")
+    if not runs:
+        return []
+    return [f"{len(runs)} runs of one recipe; 'mean of runs' is their mean, sd the sample standard deviation (n − 1), "
+            "'in range' whether the reported value lies within the runs' min–max. Runs: "
+            + ", ".join(f"{r['metrics_file']} (sha256 {r['metrics_sha256'][:12]}…)" for r in runs)]
+
+
 def _f(x: Optional[float], d: int = 4) -> str:
     return fmt(x, d)
 
@@ -97,10 +114,16 @@ def markdown(rep: "Report") -> str:
     out = [f"# {icon} Reproduction report: `{e.name}`", "", f"**{_verdict(rep)}**", "",
            f"- Held against: {e.title} — kind: {e.kind}", f"- Citation: {e.citation.source}"
            + (f" — {e.citation.table}" if e.citation.table else ""), f"- Model: {e.model}",
-           f"- Run finished: {rep.meta['run_finished'] or '—'}", "",
-           "| metric | reported | reproduced | Δ | tolerance | |", "|---|---:|---:|---:|---:|---|"]
+           f"- Run finished: {rep.meta['run_finished'] or '—'}", ""]
+    several = bool(rep.meta.get("runs"))
+    if several:
+        out += _runs_note(rep) + ["", "| metric | reported | mean of runs | Δ | tolerance | sd | min–max | in range | |",
+                                  "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    else:
+        out += ["| metric | reported | reproduced | Δ | tolerance | |", "|---|---:|---:|---:|---:|---|"]
     for r in rep.rows:
-        out.append(f"| `{r.name}` | {_f(r.reported)} | {_f(r.reproduced)} | {fmt_delta(r)} | {r.tolerance_label} | "
+        extra = "".join(f" {x} |" for x in fmt_spread(r)) if several else ""
+        out.append(f"| `{r.name}` | {_f(r.reported)} | {_f(r.reproduced)} | {fmt_delta(r)} | {r.tolerance_label} |{extra} "
                    f"{'pass' if r.passed else '**FAIL**'} |")
     if any(r.at_least for r in rep.rows):
         out += ["", "`≥ −t`: one-sided — the reproduction may fall short of the reported value by at most t; "
@@ -231,8 +254,12 @@ def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozens
 
 def html(rep: "Report") -> str:
     e = rep.result
+    several = bool(rep.meta.get("runs"))
     metric_rows = [[f"<code>{escape(r.name)}</code>", _f(r.reported), _f(r.reproduced), fmt_delta(r), r.tolerance_label,
+                    *(fmt_spread(r) if several else ()),
                     '<span class="pass">pass</span>' if r.passed else '<span class="fail">FAIL</span>'] for r in rep.rows]
+    header = ["metric", "reported", "mean of runs" if several else "reproduced", "Δ", "tolerance",
+              *(("sd", "min–max", "in range") if several else ()), ""]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>Reproduction report: {escape(e.name)}</title><style>{_CSS}</style></head><body>",
@@ -242,7 +269,8 @@ def html(rep: "Report") -> str:
         + (f" — {escape(e.citation.table)}" if e.citation.table else "")
         + (f" ({escape(e.citation.url)})" if e.citation.url else "")
         + f"<br>Model: {escape(e.model)}<br>Run finished: {escape(str(rep.meta['run_finished'] or '—'))}</p>",
-        "<h2>Metrics</h2>", _table(["metric", "reported", "reproduced", "Δ", "tolerance", ""], metric_rows, {1, 2, 3, 4}),
+        "<h2>Metrics</h2>", *(f"<p>{escape(n)}</p>" for n in _runs_note(rep)),
+        _table(header, metric_rows, {1, 2, 3, 4, 5, 6} if several else {1, 2, 3, 4}),
         "<h2>Plots</h2>",
     ]
     for title, svg in (("Per-tag F1: reported (grey) vs reproduced", f1_chart(rep.plots.get("per_tag_f1") or [])),

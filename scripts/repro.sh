@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make repro PROFILE=ci|full` (the Makefile puts the venv first on PATH):
 #   1. reproduce the pipeline in dvc.yaml for the profile (stages whose inputs did not change
-#      are skipped; outputs already in the DVC remote are pulled instead of recomputed);
+#      are skipped; outputs already in the DVC remote are pulled instead of recomputed; an
+#      interrupted run resumes its downloads and its fine-tune from the last checkpoint);
 #   2. confirm DVC sees nothing left to do, so the report on disk is the one for this run;
 #   3. gate: `llamakit report --check` on that report prints the summary and exits 1 naming
 #      every metric outside its registry tolerance.
@@ -24,14 +25,21 @@ fi
 
 # The default remote is the in-repo, git-ignored dvc-remote/; a fresh clone starts it empty.
 if [[ "$(dvc remote list 2>/dev/null)" == *dvc-remote* ]]; then mkdir -p dvc-remote; fi
-dvc pull --allow-missing --quiet || echo "note: dvc pull failed; every stage will be computed" >&2
 
+# One command pulls what the remote has and computes what it lacks: `--pull`. Not with
+# `--allow-missing`: that skips every stage whose outputs are missing but unchanged, and with an
+# empty remote (a fresh clone, CI) it skips them all and reproduces nothing (tests/pipeline).
+# An interrupted run resumes: unfinished downloads and checkpoints are persisted outputs.
 current="$(python -c 'import yaml; print(yaml.safe_load(open("params.yaml"))["profile"])')"
 if [[ "$profile" == "$current" ]]; then
-  dvc repro
+  dvc repro --pull
 else
-  dvc exp run -S "profile=${profile}"
+  dvc exp run --pull -S "profile=${profile}"
 fi
+
+# The persisted outputs (unfinished downloads, checkpoints) are empty after a finished run, and a
+# stage whose outputs came from the remote never ran here to create them.
+mkdir -p work/fetch-downloads work/finetune-state
 
 # Everything DVC tracks must now be current, or the report below could describe another run.
 if ! dvc status --quiet; then

@@ -56,6 +56,21 @@ def state_dir(root: Path) -> Path:
     return d
 
 
+DOWNLOADS_ENV = "LLAMAKIT_DOWNLOADS_DIR"
+
+
+def downloads_dir(root: Path, *, create: bool = True) -> Path:
+    """Where unfinished downloads live (partial files, a pip-downloaded wheel): DEST/.llamakit, or the
+    directory in $LLAMAKIT_DOWNLOADS_DIR. The pipeline sets it outside its fetch output, because DVC
+    deletes a stage's outputs before it reruns the stage, and an interrupted `dvc repro` would
+    otherwise start every download over (dvc.yaml declares it a persisted, uncached output)."""
+    env = os.environ.get(DOWNLOADS_ENV)
+    d = Path(env) if env else Path(root) / STATE_DIR
+    if create:
+        d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def disk_full(exc: OSError, path: str | Path, *, free_at: str | Path | None = None) -> Exception:
     """A failed local write as a typed error (exit 4) naming the file: ENOSPC/EFBIG/EDQUOT are a full disk
     (with the free space at `free_at`), the rest (permissions, I/O) a destination that cannot be written.

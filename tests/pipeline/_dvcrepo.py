@@ -108,9 +108,11 @@ def fill_outputs(root: Path) -> None:
             else:
                 p.mkdir(exist_ok=True)
                 (p / "part.bin").write_bytes(f"{stage} weights\n".encode() * 64)
-    # What finetune leaves for evaluate and report: model/, a summary and a dvclive loss curve.
-    (root / "work/finetune/model").mkdir()
-    (root / "work/finetune/model/model.safetensors").write_bytes(b"finetuned weights\n" * 64)
+    # What finetune leaves for evaluate and report: model/, a summary and a dvclive loss curve (and
+    # each seed's fine-tune a model/ for its evaluate).
+    for run_dir in [root / "work/finetune", *sorted((root / "work/seeds").glob("*/finetune"))]:
+        (run_dir / "model").mkdir()
+        (run_dir / "model/model.safetensors").write_bytes(b"finetuned weights\n" * 64)
     live = root / "work/finetune/dvclive/plots/metrics/train"
     live.mkdir(parents=True)
     (live / "loss.tsv").write_text("timestamp\tstep\tloss\n0\t1\t2.0\n0\t2\t1.0\n")

@@ -81,20 +81,23 @@ def test_fingerprint_tracks_the_trajectory_not_the_bookkeeping(tmp_path):
 
 
 def test_a_key_added_later_at_its_default_keeps_older_checkpoints_resumable(tmp_path):
-    """A checkpoint written before `pack_documents` (or `cpu_isa`) existed carries the hash of a
-    recipe without that key; the same recipe today (pack_documents at 0, which trains exactly as
-    before; cpu_isa at any value, since like threads it changes rounding, not the recipe) must match it."""
+    """A checkpoint written before `pack_documents` (or `cpu_isa`, or `state`) existed carries the hash of
+    a recipe without that key; the same recipe today (pack_documents at 0, which trains exactly as
+    before; cpu_isa at any value, since like threads it changes rounding, not the recipe; state, a
+    path) must match it."""
     import hashlib
     import json
 
     recipe = load_recipe(write(tmp_path, BASE))
     skip = {"ensemble", "data", "out", "checkpoint_every", "keep_checkpoints", "resume", "stop_after_steps", "log_every",
-            "eval_sentences", "device", "threads", "deterministic", "pack_documents", "cpu_isa"}
+            "eval_sentences", "device", "threads", "deterministic", "pack_documents", "cpu_isa", "state"}
     before = {k: v for k, v in recipe.resolved().items() if k not in skip}
     assert "lr" in before and "pack_documents" not in before
     assert recipe.schedule_fingerprint() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     pinned = load_recipe(write(tmp_path, BASE), overrides=["cpu_isa=avx2"])
     assert pinned.schedule_fingerprint() == recipe.schedule_fingerprint()
+    elsewhere = load_recipe(write(tmp_path, BASE), overrides=["state=work/elsewhere"])
+    assert elsewhere.schedule_fingerprint() == recipe.schedule_fingerprint()
 
 
 def test_cpu_isa_is_the_whole_runs_not_a_members(tmp_path):
