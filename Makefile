@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make repro   set up, then run the pipeline (fetch → … → report) on the embedded default
 #   make test    set up, then run the test suite
+# and, beyond them:
+#   make seeds   run-to-run spread: the recipe again with params.yaml `seeds`, one report over all runs
 # and one refreshes the locked environment:
 #   make lock    re-resolve requirements/lock.txt (exact versions, sha256 of every file) with uv
 PY ?= python3
@@ -15,7 +17,7 @@ FIND_LINKS := $(shell $(PY) -m pip config get global.find-links 2>/dev/null)
 # Where `make lock` finds torch's CPU build otherwise (PyPI's own torch is the CUDA build).
 TORCH_INDEX ?= $(if $(FIND_LINKS),,https://download.pytorch.org/whl/cpu)
 
-.PHONY: setup test repro lock bench clean
+.PHONY: setup test repro seeds lock bench clean
 
 setup: $(STAMP)
 
@@ -36,6 +38,13 @@ test: setup
 
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/repro.sh $(PROFILE)
+
+# Run-to-run spread of params.yaml's profile: the recipe again for each of `seeds`, then one report
+# over those runs and the pipeline's own (reports/conll2003-smollm2-<profile>-seeds/; not a gate).
+# Another profile: dvc exp run -S profile=full seeds-report
+seeds: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 $(BIN)/dvc repro --pull seeds-report
+	$(BIN)/llamakit report --out reports/conll2003-smollm2-$$($(BIN)/python -c 'import yaml; print(yaml.safe_load(open("params.yaml"))["profile"])')-seeds
 
 # Python 3.11 (the version CI and these machines run); every extra, so tests run from the lock too.
 lock:

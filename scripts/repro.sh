@@ -30,21 +30,23 @@ if [[ "$(dvc remote list 2>/dev/null)" == *dvc-remote* ]]; then mkdir -p dvc-rem
 # `--allow-missing`: that skips every stage whose outputs are missing but unchanged, and with an
 # empty remote (a fresh clone, CI) it skips them all and reproduces nothing (tests/pipeline).
 # An interrupted run resumes: unfinished downloads and checkpoints are persisted outputs.
+# The target is the report stage and what it depends on; the seeds stages (`make seeds`) are not.
 current="$(python -c 'import yaml; print(yaml.safe_load(open("params.yaml"))["profile"])')"
 if [[ "$profile" == "$current" ]]; then
-  dvc repro --pull
+  dvc repro --pull report
 else
-  dvc exp run --pull -S "profile=${profile}"
+  dvc exp run --pull -S "profile=${profile}" report
 fi
 
-# The persisted outputs (unfinished downloads, checkpoints) are empty after a finished run, and a
-# stage whose outputs came from the remote never ran here to create them.
-mkdir -p work/fetch-downloads work/finetune-state
+# The persisted, uncached outputs (unfinished downloads, checkpoints) are empty after a finished
+# run, and a stage whose outputs came from the remote never ran here to create them: create them
+# empty, as a finished run leaves them, so `dvc status` does not call them deleted.
+python scripts/persisted_dirs.py
 
 # Everything DVC tracks must now be current, or the report below could describe another run.
-if ! dvc status --quiet; then
+if ! dvc status --quiet --with-deps report; then
   echo "error: after the run, dvc status still reports changes:" >&2
-  dvc status >&2
+  dvc status --with-deps report >&2
   exit 1
 fi
 

@@ -12,9 +12,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.pipeline._dvcrepo import CI_REF, REPO, dvc, git, run
+from tests.pipeline._dvcrepo import CI_REF, REPO, dvc, git, persisted_outs, run
 
 STAGES = ["fetch", "verify", "convert", "prepare", "finetune", "evaluate", "report"]
+# The run-to-run spread stages (`make seeds`): each repeats a main stage for params.yaml `seeds`.
+SEEDS = yaml.safe_load((REPO / "params.yaml").read_text())["seeds"]
+SEED_TWINS = {"finetune": {f"seed-finetune@{k}" for k in SEEDS}, "evaluate": {f"seed-evaluate@{k}" for k in SEEDS},
+              "report": {"seeds-report"}}
+
+
+def plus_seeds(stages: set[str]) -> set[str]:
+    """The main stages and their seed twins, which share their code, params and inputs."""
+    return set(stages).union(*(SEED_TWINS.get(s, set()) for s in stages))
 
 
 def stale(root: Path) -> set[str]:
@@ -23,7 +32,7 @@ def stale(root: Path) -> set[str]:
 
 
 def downstream(root: Path, stages: set[str]) -> set[str]:
-    edges = re.findall(r'"([\w-]+)" -> "([\w-]+)"', dvc(root, "dag", "--dot").stdout)
+    edges = re.findall(r'"([\w@.-]+)" -> "([\w@.-]+)"', dvc(root, "dag", "--dot").stdout)
     out, frontier = set(stages), set(stages)
     while frontier:
         frontier = {b for a, b in edges if a in frontier} - out
@@ -73,17 +82,17 @@ PARAM_CHANGES = {
 def test_param_change_reruns_exactly_downstream(pipeline_repo, key):
     value, expected = PARAM_CHANGES[key]
     set_param(pipeline_repo, key, value)
-    assert stale(pipeline_repo) == expected
+    assert stale(pipeline_repo) == plus_seeds(expected)
     # What reruns is the changed stage and everything after it; the stages before it do not.
     first = STAGES.index(min(expected, key=STAGES.index))
-    assert downstream(pipeline_repo, expected) == set(STAGES[first:])
+    assert downstream(pipeline_repo, plus_seeds(expected)) == plus_seeds(set(STAGES[first:]))
 
 
 def test_finetune_change_reruns_finetune_evaluate_report_only(pipeline_repo):
     set_param(pipeline_repo, "finetune.seed", 1)
     changed = stale(pipeline_repo)
-    assert changed == {"finetune"}
-    assert downstream(pipeline_repo, changed) == {"finetune", "evaluate", "report"}
+    assert changed == plus_seeds({"finetune"})  # the seed runs list finetune.seed too (they override it)
+    assert downstream(pipeline_repo, changed) == plus_seeds({"finetune", "evaluate", "report"})
 
 
 def test_editing_the_other_profile_changes_nothing(pipeline_repo):
@@ -94,7 +103,7 @@ def test_editing_the_other_profile_changes_nothing(pipeline_repo):
 def test_switching_profile(pipeline_repo):
     set_param(pipeline_repo, "profile", "full")
     # full writes its own report directory and is held against the seed's entry
-    assert stale(pipeline_repo) == {"finetune", "evaluate", "report"}
+    assert stale(pipeline_repo) == plus_seeds({"finetune", "evaluate", "report"})
 
 
 def test_data_dir_param(pipeline_repo, tmp_path, conll_dir):
@@ -130,7 +139,7 @@ CODE_CHANGES = {
 def test_code_change_reruns_its_stages(pipeline_repo, path):
     with (pipeline_repo / path).open("a") as fh:
         fh.write("\n# edited\n")
-    assert stale(pipeline_repo) == CODE_CHANGES[path]
+    assert stale(pipeline_repo) == plus_seeds(CODE_CHANGES[path])
 
 
 def test_bytecode_caches_are_not_changes(pipeline_repo):
@@ -166,7 +175,8 @@ def test_push_pull_round_trip(pipeline_repo, tmp_path):
     assert any((pipeline_repo / "dvc-remote").rglob("*")), "the default remote is the in-repo dvc-remote/"
     assert git(pipeline_repo, "status", "--porcelain", "--ignored", "dvc-remote").startswith("!!")  # ignored by git
     shutil.rmtree(pipeline_repo / ".dvc" / "cache")
-    for out in ("work/fetch", "work/model-hf", "work/prepared", "work/finetune", "work/verify.json"):
+    seed_runs = [str(p.relative_to(pipeline_repo)) for p in sorted((pipeline_repo / "work/seeds").glob("*/finetune"))]
+    for out in ("work/fetch", "work/model-hf", "work/prepared", "work/finetune", "work/verify.json", *seed_runs):
         p = pipeline_repo / out
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     assert stale(pipeline_repo)  # outputs gone
@@ -181,14 +191,54 @@ def test_push_pull_round_trip(pipeline_repo, tmp_path):
     run(["git", "clone", "-q", str(pipeline_repo), str(clone)], tmp_path)
     dvc(clone, "remote", "modify", "--local", "local", "url", str(pipeline_repo / "dvc-remote"))
     dvc(clone, "pull")
+    # the persisted, uncached outputs (empty after a finished run) are not in git or the remote
+    assert {o for s in json.loads(dvc(clone, "status", "--json").stdout).values() for c in s if isinstance(c, dict)
+            for o in c.get("changed outs", {})} == set(persisted_outs(clone))
+    run(["python", "scripts/persisted_dirs.py"], clone)  # what scripts/repro.sh does after the run
     assert stale(clone) == set()
     assert git(clone, "status", "--porcelain") == ""
+
+
+def test_unfinished_work_is_persisted_and_uncached():
+    """Checkpoints and partial downloads survive a rerun (DVC deletes other outputs first) and stay
+    out of the cache and remote; the model and the fetched files do not."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+    def flags(stage: dict) -> dict[str, dict]:
+        return {next(iter(o)) if isinstance(o, dict) else o: (next(iter(o.values())) if isinstance(o, dict) else {})
+                for o in stage["outs"]}
+
+    assert flags(stages["fetch"])["work/fetch-downloads"] == {"persist": True, "cache": False}
+    assert "LLAMAKIT_DOWNLOADS_DIR=work/fetch-downloads " in stages["fetch"]["cmd"]
+    assert flags(stages["finetune"])["${finetune.state}"] == {"persist": True, "cache": False}
+    assert flags(stages["finetune"])["${finetune.out}"] == {}  # cached, pushed
+    assert flags(stages["seed-finetune"]["do"])["work/seeds/${item}/state"] == {"persist": True, "cache": False}
+
+
+def test_seed_stages_repeat_the_main_ones():
+    """The seed runs use finetune's code, params and inputs (YAML anchors: the same list), evaluate's
+    code with their own model, and seeds-report takes one metrics file per seed, in order."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert stages["seed-finetune"]["do"]["deps"] == stages["finetune"]["deps"]
+    assert stages["seed-finetune"]["do"]["params"] == stages["finetune"]["params"]
+    assert [d.replace("work/seeds/${item}/finetune", "${finetune.out}") for d in stages["seed-evaluate"]["do"]["deps"]] \
+        == stages["evaluate"]["deps"]
+    cmd = stages["seeds-report"]["cmd"]
+    runs = re.findall(r"--metrics (\S+)", cmd)
+    assert runs == ["reports/conll2003-smollm2-${profile}/eval/metrics.json"] + \
+        [f"reports/conll2003-smollm2-${{profile}}-seeds/seed-{k}/eval/metrics.json" for k in SEEDS]
+    assert [d for d in stages["seeds-report"]["deps"] if d.endswith("metrics.json")] == runs
+    assert len(SEEDS) + 1 >= 3  # the spread of at least three runs
+    # seeds-report runs the report's code: the same list plus spread.py's aggregation
+    report_code = {d for d in stages["report"]["deps"] if d.startswith("llamakit/")}
+    assert report_code == {d for d in stages["seeds-report"]["deps"] if d.startswith("llamakit/")}
 
 
 def test_metrics_and_plots(pipeline_repo):
     shown = json.loads(dvc(pipeline_repo, "metrics", "show", "--json").stdout)
     (data,) = [v["data"] for v in shown.values()]
-    (metrics,) = [v["data"] for k, v in data.items() if k.endswith("eval/metrics.json")]
+    (metrics,) = [v["data"] for k, v in data.items() if k == "reports/conll2003-smollm2-ci/eval/metrics.json"]
+    assert any(k.endswith("ci/train/metrics.json") for k in data)  # training metrics: dvc metrics / exp show
     assert metrics["headline"]["token_micro_f1"] == pytest.approx(7 / 9)
     plots = json.loads(dvc(pipeline_repo, "plots", "show", "--json").stdout)
     ids = set(plots["data"])
@@ -216,7 +266,9 @@ def test_gate_fails_outside_tolerance(pipeline_repo):
     assert proc.returncode == 1
     assert "token.B-PER.f1" in proc.stderr
     assert "NOT REPRODUCED" in proc.stdout
-    assert stale(pipeline_repo) == set()  # the report stage reran and recorded the failing report
+    # the report stage reran and recorded the failing report; the seeds report, which `make seeds`
+    # (not the gate) reruns, holds the runs against the same entry, so it is stale now
+    assert stale(pipeline_repo) == SEED_TWINS["report"]
 
 
 # --- slow tier: real reruns -----------------------------------------------------
@@ -225,12 +277,12 @@ def test_gate_fails_outside_tolerance(pipeline_repo):
 @pytest.mark.slow
 def test_exp_run_override_reruns_only_downstream(trained_repo):
     before = json.loads((trained_repo / "reports/conll2003-smollm2-ci/eval/metrics.json").read_text())
-    out = dvc(trained_repo, "exp", "run", "-S", "finetune.lr=0.003").stdout
+    out = dvc(trained_repo, "exp", "run", "-S", "finetune.profiles.ci.lr=0.003").stdout  # ci sets its own lr
     for s in ("fetch", "verify", "convert", "prepare"):
         assert f"Stage '{s}' didn't change" in out
     for s in ("finetune", "evaluate", "report"):
         assert f"Running stage '{s}'" in out
-    assert yaml.safe_load((trained_repo / "params.yaml").read_text())["finetune"]["lr"] == 0.003
+    assert yaml.safe_load((trained_repo / "params.yaml").read_text())["finetune"]["profiles"]["ci"]["lr"] == 0.003
     summary = json.loads((trained_repo / "work/finetune/train_summary.json").read_text())
     assert summary["recipe"]["lr"] == 0.003
     after = json.loads((trained_repo / "reports/conll2003-smollm2-ci/eval/metrics.json").read_text())

@@ -27,8 +27,9 @@ from tests.train._fixtures import write_prepared, write_tiny_model
 
 PROFILE = "tiny"
 # The tiny run: long enough (8 epochs of ~10 batches) that a checkpoint lands well before the end.
+# No lr here: the experiments test varies the recipe's own `finetune.lr`, which a profile's lr would shadow.
 TINY = {"epochs": 8, "max_tokens_per_batch": 96, "checkpoint_every": 10, "eval_sentences": 0, "threads": 1,
-        "lr": 1.0e-3, "limit_train": None, "ensemble": [], "cpu_isa": "native", "log_every": 5}
+        "limit_train": None, "ensemble": [], "cpu_isa": "native", "log_every": 5}
 
 
 def _tiny_repo(root: Path, assets: tuple[Path, Path]) -> Path:
@@ -128,3 +129,38 @@ def test_training_metrics_are_dvc_metrics(uninterrupted):
     summary = json.loads((uninterrupted / "work/finetune/train_summary.json").read_text())
     assert train["steps"] == summary["steps"] > 0 and train["final_loss"] == summary["final_loss"]
     assert "tokens_per_s" not in train  # differs between two runs of one recipe: kept out
+
+
+def test_experiments_compare_and_queue(tmp_path, assets):
+    """README's experiment recipes on the tiny pipeline: two variants queued with `dvc exp run
+    --queue -S …`, run by `dvc queue start`, compared by `dvc exp show` with their training and
+    test metrics beside their params."""
+    root = _tiny_repo(tmp_path / "repo", assets)
+    for lr in ("0.003", "0.0005"):
+        run(DVC + ["exp", "run", "--queue", "-S", f"finetune.lr={lr}", "-n", f"lr-{lr}"], root)
+    run(DVC + ["queue", "start", "-j", "1"], root)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run(DVC + ["queue", "status"], root).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert "Failed" not in status, status + run(DVC + ["queue", "logs", "lr-0.003"], root, check=False).stdout
+    shown = json.loads(run(DVC + ["exp", "show", "--json"], root).stdout)
+    exps = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev.get("data") or {}
+                exps[rev.get("name")] = data
+    assert {"lr-0.003", "lr-0.0005"} <= set(exps), sorted(exps)
+    train_file = f"reports/conll2003-smollm2-{PROFILE}/train/metrics.json"
+    losses = {}
+    for name in ("lr-0.003", "lr-0.0005"):
+        metrics = exps[name]["metrics"]
+        assert f"reports/conll2003-smollm2-{PROFILE}/eval/metrics.json" in metrics
+        train = metrics[train_file]["data"]
+        assert train["steps"] > 0
+        losses[name] = train["final_loss"]
+        assert exps[name]["params"]["params.yaml"]["data"]["finetune"]["lr"] == float(name.removeprefix("lr-"))
+    assert losses["lr-0.003"] != losses["lr-0.0005"]  # two different runs, not one shown twice
