@@ -1,0 +1,52 @@
+"""The macOS workflow: a macOS runner, the install of the lock less torch, and the selection that
+leaves out exactly the tests needing CoNLL-2003 or a Linux-only interface."""
+
+from __future__ import annotations
+
+import shlex
+import tomllib
+from pathlib import Path
+
+import yaml
+from test_container import _make_setup
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW = REPO / ".github" / "workflows" / "macos.yml"
+
+
+def _job() -> dict:
+    doc = yaml.safe_load(WORKFLOW.read_text())
+    assert "push" in doc.get("on", doc.get(True))  # YAML 1.1 reads a bare `on` as true
+    return doc["jobs"]["tests-macos"]
+
+
+def _lines(job: dict) -> list[str]:
+    return [" ".join(shlex.split(line)) for step in job["steps"] if "run" in step
+            for line in step["run"].splitlines() if line.strip()]
+
+
+def test_runs_on_macos_with_the_locks_python():
+    job = _job()
+    assert job["runs-on"].startswith("macos-") and job["timeout-minutes"] <= 90
+    setup = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/setup-python"))
+    assert setup["with"]["python-version"] == "3.11"
+
+
+def test_installs_the_lock_less_torch_as_make_setup_does():
+    lines = _lines(_job())
+    lock_step = ".venv/bin/pip install -q --require-hashes --no-deps -r requirements/lock.txt"
+    for cmd in _make_setup()[1:-1]:  # the venv is made by the runner's python; no stamp (make is not used)
+        if cmd != lock_step:
+            assert cmd in lines, cmd
+    assert '.venv/bin/pip install -q --require-hashes --no-deps -r $RUNNER_TEMP/lock-without-torch.txt' in lines
+    torch = next(line for line in lines if "torch==" in line)
+    assert "-c $RUNNER_TEMP/pins.txt" in torch and "index-url" not in torch  # PyPI's macOS wheel
+
+
+def test_selection_leaves_out_conll_and_linux_only_tests():
+    pytest_line = next(line for line in _lines(_job()) if "pytest" in line)
+    expr = pytest_line.split(" -m ")[-1]  # "python -m pytest -q -m EXPR"
+    assert expr == "not slow and not gpu and not linux_only and not conll"
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    registered = {m.split(":", 1)[0] for m in config["markers"]}
+    assert {"slow", "gpu", "linux_only", "conll"} <= registered
