@@ -4,7 +4,6 @@ leaves out exactly the tests needing CoNLL-2003 or a Linux-only interface."""
 from __future__ import annotations
 
 import shlex
-import tomllib
 from pathlib import Path
 
 import yaml
@@ -43,10 +42,9 @@ def test_installs_the_lock_less_torch_as_make_setup_does():
     assert "-c $RUNNER_TEMP/pins.txt" in torch and "index-url" not in torch  # PyPI's macOS wheel
 
 
-def test_selection_leaves_out_conll_and_linux_only_tests():
+def test_selection_leaves_out_conll_and_linux_only_tests(pytestconfig):
     pytest_line = next(line for line in _lines(_job()) if "pytest" in line)
     expr = pytest_line.split(" -m ")[-1]  # "python -m pytest -q -m EXPR"
     assert expr == "not slow and not gpu and not linux_only and not conll"
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
-    registered = {m.split(":", 1)[0] for m in config["markers"]}
+    registered = {m.split(":", 1)[0] for m in pytestconfig.getini("markers")}
     assert {"slow", "gpu", "linux_only", "conll"} <= registered
