@@ -48,3 +48,19 @@ def test_selection_leaves_out_conll_and_linux_only_tests(pytestconfig):
     assert expr == "not slow and not gpu and not linux_only and not conll"
     registered = {m.split(":", 1)[0] for m in pytestconfig.getini("markers")}
     assert {"slow", "gpu", "linux_only", "conll"} <= registered
+
+
+def test_conll_marker_reaches_the_tests_that_read_the_copy():
+    """tests/conftest.py marks by fixture: a test taking conll_dir is selected by `-m conll`, its
+    neighbours that do not are left for `-m "not conll"`."""
+    import subprocess
+    import sys
+
+    def collected(expr: str) -> set[str]:
+        p = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", expr, "tests/data/test_conll.py"],
+                           cwd=REPO, capture_output=True, text=True)
+        return {line.split("::")[1].split("[")[0] for line in p.stdout.splitlines() if "::" in line}
+
+    marked, unmarked = collected("conll"), collected("not conll")
+    assert "test_real_splits_match_the_verified_counts" in marked
+    assert unmarked and not marked & unmarked
