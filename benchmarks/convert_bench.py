@@ -86,16 +86,17 @@ def make_checkpoint(out: Path, n_layers: int, tokenizer: Path, mp: int = 2) -> i
 
 def measure(cmd: list[str], *, env=None) -> dict:
     """Wall seconds and the child's peak RSS (MiB), via a one-child wrapper so ru_maxrss is this run's alone."""
-    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); rc = subprocess.call(sys.argv[1:]); "
-               "w = time.perf_counter() - t; print(rc, w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    wrapper = ("import resource, subprocess, sys, time; from llamakit.portable import peak_rss_bytes; "
+               "t = time.perf_counter(); rc = subprocess.call(sys.argv[1:]); w = time.perf_counter() - t; "
+               "print(rc, w, peak_rss_bytes(resource.getrusage(resource.RUSAGE_CHILDREN)))")
     os.sync()  # no run inherits the previous one's dirty pages still being written back
     load = os.getloadavg()[0]
     out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env)
     *child, last = out.stdout.strip().splitlines()
-    rc, wall, rss_kb = last.split()
+    rc, wall, rss_bytes = last.split()
     if rc != "0":
         raise SystemExit(f"{cmd[:4]} failed ({rc}):\n{out.stderr[-3000:]}")
-    run = {"wall_s": float(wall), "peak_rss_mb": int(rss_kb) / 1024, "load_before": load}
+    run = {"wall_s": float(wall), "peak_rss_mb": int(rss_bytes) / 2**20, "load_before": load}
     if child and child[0].startswith("{"):  # llamakit --json: its own phase timings
         run["phases_s"] = json.loads("\n".join(child))["timings"]
     return run
@@ -110,6 +111,8 @@ def warm(paths) -> None:
 
 def evict(paths) -> None:
     """Drop these files (only these) from the page cache, for a cold-read run."""
+    if not hasattr(os, "posix_fadvise"):  # macOS: no per-file eviction (`sudo purge` drops the whole cache)
+        raise SystemExit("cold-read runs need posix_fadvise (Linux): macOS cannot drop one file from the page cache")
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
         try:

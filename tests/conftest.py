@@ -119,6 +119,14 @@ def smollm2_gguf() -> Path:
     return p
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs the CoNLL copy carries the `conll` marker, so `-m "not conll"` selects
+    the tests a machine without the licensed data can run (the macOS CI job)."""
+    for item in items:
+        if "conll_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.conll)
+
+
 @pytest.fixture(scope="session")
 def conll_dir() -> Path:
     if not (CONLL_DIR / "train.txt").exists():

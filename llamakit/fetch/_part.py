@@ -23,6 +23,7 @@ from typing import Callable
 
 from llamakit.fetch._files import atomic_write_json, disk_full, downloads_dir, fsync_dir
 from llamakit.fetch._hashing import MultiHash
+from llamakit.portable import fdatasync
 
 _REC = struct.Struct("<II")
 _READ = 4 << 20
@@ -198,7 +199,7 @@ class PartFile:
             return
         try:
             if self.fsync:
-                os.fdatasync(self._f.fileno())
+                fdatasync(self._f.fileno())  # fsync where the OS has no fdatasync (macOS)
             self._crc_f.write(_REC.pack(self._pending_len, self._pending_crc))
         except OSError as exc:
             raise disk_full(exc, self.rel, free_at=self.path) from exc

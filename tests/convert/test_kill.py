@@ -25,7 +25,8 @@ from llamakit.convert import convert
 RUNS = 20
 SHARD = "40KB"  # many small output files: many moments at which a kill could tear something
 
-pytestmark = pytest.mark.usefixtures("small_blocks")
+# linux_only: a forked child's liveness is read from /proc/PID/stat (a zombie still answers kill(pid, 0)).
+pytestmark = [pytest.mark.usefixtures("small_blocks"), pytest.mark.linux_only]
 
 
 def _snapshot(d: Path) -> dict[str, bytes] | None:
