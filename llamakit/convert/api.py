@@ -61,7 +61,7 @@ def _torch_dtype(dtype: str | None):
 
 
 def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", check=True, force=False,
-            show_progress=True, layerwise_check=None, reference="llamakit") -> ConvertResult:
+            show_progress=True, whole_model_check=False, reference="llamakit") -> ConvertResult:
     """Convert SRC (Meta dir, HF dir or .gguf) to DST (`to` = 'hf' | 'meta'), streaming, then prove equality."""
     from llamakit.convert import decide, detect, hf, meta_write, output
 
@@ -118,7 +118,7 @@ def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", che
             from llamakit.convert import check as checkmod
 
             t = time.perf_counter()
-            report = checkmod.compare(source, tmp, to, cast=real_cast, layerwise=layerwise_check, report_path=dst,
+            report = checkmod.compare(source, tmp, to, cast=real_cast, whole_model=whole_model_check, report_path=dst,
                                       reference_code=reference)
             timings["check_s"] = round(time.perf_counter() - t, 3)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())

@@ -185,15 +185,8 @@ class MetaSource:
         merged = order if order is not None else range(rows)
         return coalesce([FileSpan(f, off + r * (n // rows), n // rows) for r in merged for f, off, n in where])
 
-    def shard_weights(self) -> Callable[[int, str], "torch.Tensor"]:
-        """(rank, key) -> that shard's tensor in float32, for the reference forward."""
+    def shard_weights(self) -> Callable[[int, str], "stream.MappedRows"]:
+        """(rank, key) -> that shard's tensor as mapped rows, read a block at a time by the reference forward."""
+        from llamakit.convert import stream
 
-        def get(rank: int, name: str):
-            import torch
-
-            t = self._shards[rank][name]
-            out = t.to(torch.float32, copy=True)
-            release(t)
-            return out
-
-        return get
+        return lambda rank, name: stream.MappedRows(self._shards[rank][name])
