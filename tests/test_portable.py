@@ -246,15 +246,16 @@ def test_peak_rss_units_per_kernel(platform, expected):
 
 
 def test_peak_rss_bytes_of_a_real_process():
-    """A child that touches 128 MiB reports a peak between 128 MiB and 1 GiB in this OS's unit (a wrong
-    scale is off by 1024x either way)."""
-    code = textwrap.dedent("""
-        import resource
+    """A grandchild that touches 128 MiB reports a peak between 128 MiB and 1 GiB in this OS's unit (a
+    wrong scale is off by 1024x either way). Measured as a small child's RUSAGE_CHILDREN: Linux carries
+    a forked process's peak across exec, so a child forked straight from this (large) test process
+    would report this process's RSS instead."""
+    grandchild = "block = bytearray(128 << 20)\nfor i in range(0, len(block), 4096):\n    block[i] = 1\n"
+    code = textwrap.dedent(f"""
+        import resource, subprocess, sys
         from llamakit.portable import peak_rss_bytes
-        block = bytearray(128 << 20)
-        for i in range(0, len(block), 4096):
-            block[i] = 1
-        print(peak_rss_bytes(resource.getrusage(resource.RUSAGE_SELF)))
+        subprocess.run([sys.executable, "-c", {grandchild!r}], check=True)
+        print(peak_rss_bytes(resource.getrusage(resource.RUSAGE_CHILDREN)))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
