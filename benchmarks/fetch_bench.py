@@ -1,16 +1,22 @@
 """fetch (hub source) vs huggingface_hub.snapshot_download from the same loopback hub, in one run.
 
-Two pairings, each into the same kind of destination: a plain directory
-(`fetch --out DIR`, llamakit's own engine, vs `snapshot_download(local_dir=DIR)`)
-and the Hugging Face cache (`fetch` without --out, which downloads through
-`hf_hub_download` and then verifies, vs `snapshot_download(cache_dir=…)`).
+Three pairings, each into the same kind of destination:
+  * a plain directory, as `fetch --out DIR` runs by default on this hub (no Xet: llamakit's own engine)
+    vs `snapshot_download(local_dir=DIR)`;
+  * the same directory with every file sent through huggingface_hub's public `hf_hub_download`
+    (LLAMAKIT_HF_TRANSFER=hub: the route Xet-backed files take), then verified and renamed;
+  * the Hugging Face cache: `fetch` without --out (hf_hub_download, then verify) vs
+    `snapshot_download(cache_dir=…)`.
 
-The hub server (tests/fetch/_servers.py) runs in its own process so neither
-client shares a GIL with it. Both clients download the same repo with the same
-number of parallel workers into a fresh directory per run; llamakit also hashes
-every byte as it arrives and checks it against the hub's LFS sha256 / git blob
-id, writes resumable parts and renames; snapshot_download checks sizes only.
-Ratio = snapshot_download time / llamakit time (>= 1.0 means llamakit is no slower).
+The hub server (tests/fetch/_servers.py) runs in its own process so no client shares a GIL with it.
+Every client downloads the same repo with the same number of parallel workers into a fresh directory
+per run; runs are interleaved and the order rotates every repeat, so all clients see the same machine
+load. llamakit also checks every byte against the hub's LFS sha256 / git blob id (the engine while
+writing its resumable parts, the hub-API route by reading the file once more) and fsyncs before the
+rename; snapshot_download checks sizes only. Ratio = snapshot_download time / llamakit time
+(>= 1.0 means llamakit is no slower), for wall time and for the client process's CPU seconds (all its
+threads, not the server's), which stay meaningful when other jobs share the cores. Xet is off for every
+client (the loopback hub serves no Xet).
 
     .venv/bin/python benchmarks/fetch_bench.py [--files 4] [--file-mb 128] [--runs 3] [--workers 4]
 """
@@ -42,7 +48,7 @@ files = {f"model-{i+1:05d}-of-{n:05d}.safetensors": b"".join(block[:8] + j.to_by
          for j in range(i * mb, (i + 1) * mb)) for i in range(n)}
 files.update({"config.json": b'{"architectures": ["LlamaForCausalLM"]}', "tokenizer.json": b"{}" * 1000,
               "model.safetensors.index.json": b'{"weight_map": {}}', "generation_config.json": b"{}"})
-srv = HubServer([HubRepo("bench-org/bench-model", files)])
+srv = HubServer([HubRepo(sys.argv[4], files)])
 srv.send_size = 1 << 20
 srv.__enter__()
 print(srv.base, flush=True)
@@ -55,6 +61,7 @@ releases:
      meta: {dim: 8, n_layers: 1, n_heads: 2, vocab_size: 8, multiple_of: 4, norm_eps: 1.0e-5},
      hf: {repo: bench-org/bench-model, original_dir: null}}
 """
+REPO_ID = "bench-org/bench-model"
 
 
 def main() -> None:
@@ -68,7 +75,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="llamakit-fetch-bench-"))
     (tmp / "manifests" / "catalog").mkdir(parents=True)
     (tmp / "manifests" / "catalog" / "bench.yaml").write_text(CATALOG)
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(REPO_ROOT / "tests" / "fetch"), str(args.files), str(args.file_mb)],
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(REPO_ROOT / "tests" / "fetch"), str(args.files), str(args.file_mb),
+                               REPO_ID],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         base = server.stdout.readline().strip()
@@ -77,63 +85,63 @@ def main() -> None:
         from huggingface_hub import snapshot_download
 
         from llamakit.fetch import fetch_release
+        from llamakit.fetch._engine import FetchConfig
 
-        def hub(run: int) -> float:
-            d = tmp / f"snap{run}"
-            t = time.perf_counter()
-            snapshot_download("bench-org/bench-model", local_dir=d, max_workers=args.workers)
-            dt = time.perf_counter() - t
+        def llamakit(transfer: str, *, cache: bool):
+            def go(d: Path) -> None:
+                cfg = FetchConfig.from_env()
+                cfg.hf_transfer = transfer
+                if cache:
+                    os.environ["HF_HUB_CACHE"] = str(d)  # llamakit reads it per call (huggingface_hub froze it at import)
+                res = fetch_release("bench-model", source="hf", out=None if cache else d, workers=args.workers,
+                                    show_progress=False, config=cfg)
+                assert all(f.status == "downloaded" for f in res.files) and str(res.out).startswith(str(d))
+            return go
+
+        clients = {  # name: (download into a fresh directory, the snapshot_download client it is paired with)
+            "snapshot_download(local_dir=)": (lambda d: snapshot_download(REPO_ID, local_dir=d, max_workers=args.workers), None),
+            "llamakit fetch --out (engine)": (llamakit("auto", cache=False), "snapshot_download(local_dir=)"),
+            "llamakit fetch --out (hub API)": (llamakit("hub", cache=False), "snapshot_download(local_dir=)"),
+            "snapshot_download(cache_dir=)": (lambda d: snapshot_download(REPO_ID, cache_dir=d, max_workers=args.workers), None),
+            "llamakit fetch into the HF cache": (llamakit("auto", cache=True), "snapshot_download(cache_dir=)"),
+        }
+
+        def timed(name: str, run: int) -> tuple[float, float]:
+            """(wall s, CPU s of this process: every client thread, not the server) for one download."""
+            d = tmp / f"run{run}"
+            t, c = time.perf_counter(), time.process_time()
+            clients[name][0](d)
+            dt, dc = time.perf_counter() - t, time.process_time() - c
             shutil.rmtree(d)
-            return dt
+            return dt, dc
 
-        def hub_cache(run: int) -> float:
-            d = tmp / f"snapcache{run}"
-            t = time.perf_counter()
-            snapshot_download("bench-org/bench-model", cache_dir=d, max_workers=args.workers)
-            dt = time.perf_counter() - t
-            shutil.rmtree(d)
-            return dt
-
-        def mine_cache(run: int) -> float:
-            d = tmp / f"ourcache{run}"
-            os.environ["HF_HUB_CACHE"] = str(d)  # llamakit reads it per call (huggingface_hub froze it at import)
-            t = time.perf_counter()
-            res = fetch_release("bench-model", source="hf", workers=args.workers, show_progress=False)
-            dt = time.perf_counter() - t
-            assert all(f.status == "downloaded" for f in res.files) and str(res.out).startswith(str(d))
-            shutil.rmtree(d)
-            return dt
-
-        def mine(run: int) -> float:
-            d = tmp / f"ours{run}"
-            t = time.perf_counter()
-            res = fetch_release("bench-model", source="hf", out=d, workers=args.workers, show_progress=False)
-            dt = time.perf_counter() - t
-            assert all(f.status == "downloaded" for f in res.files)
-            shutil.rmtree(d)
-            return dt
-
-        hub(-1), mine(-1), hub_cache(-1), mine_cache(-1)  # warm-up: imports, connection pools
-        t_hub, t_mine, t_hubc, t_minec = [], [], [], []
+        names = list(clients)
+        for name in names:
+            timed(name, -1)  # warm-up: imports, connection pools
+        times: dict[str, list[float]] = {name: [] for name in names}
+        cpu: dict[str, list[float]] = {name: [] for name in names}
         for r in range(args.runs):
-            t_hub.append(hub(r))
-            t_mine.append(mine(r))
-            t_hubc.append(hub_cache(r))
-            t_minec.append(mine_cache(r))
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                dt, dc = timed(name, r)
+                times[name].append(dt)
+                cpu[name].append(dc)
+            print(f"repeat {r}: " + ", ".join(f"{n} {times[n][-1]:.2f}s/{cpu[n][-1]:.2f} cpu" for n in names),
+                  file=sys.stderr, flush=True)
         total_mb = args.files * args.file_mb
-        h, m = statistics.median(t_hub), statistics.median(t_mine)
-        hc, mc = statistics.median(t_hubc), statistics.median(t_minec)
+        med = {name: statistics.median(ts) for name, ts in times.items()}
+        medc = {name: statistics.median(ts) for name, ts in cpu.items()}
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}; "
-              f"{args.files} x {args.file_mb} MB LFS files + 4 small, workers={args.workers}, median of {args.runs} interleaved runs")
-        print(f"{'client':36} {'s':>7} {'MB/s':>7}")
-        print(f"{'huggingface_hub.snapshot_download':36} {h:7.3f} {total_mb / h:7.1f}")
-        print(f"{'llamakit fetch (hash+verify inline)':36} {m:7.3f} {total_mb / m:7.1f}")
-        print(f"ratio snapshot_download / llamakit = {h / m:.2f}  (local dir)")
-        print(f"{'snapshot_download(cache_dir=)':36} {hc:7.3f} {total_mb / hc:7.1f}")
-        print(f"{'llamakit fetch into the HF cache':36} {mc:7.3f} {total_mb / mc:7.1f}")
-        print(f"ratio snapshot_download / llamakit = {hc / mc:.2f}  (HF cache)")
-        print(json.dumps({"snapshot_download_s": t_hub, "llamakit_s": t_mine,
-                          "snapshot_download_cache_s": t_hubc, "llamakit_cache_s": t_minec}))
+              f"{args.files} x {args.file_mb} MB LFS files + 4 small, workers={args.workers}, "
+              f"median of {args.runs} interleaved runs (order rotated)")
+        print(f"{'client':36} {'s':>7} {'MB/s':>7} {'ratio':>6} {'cpu s':>7} {'ratio':>6}")
+        for name in names:
+            pair = clients[name][1]
+            ratio = f"{med[pair] / med[name]:6.2f}" if pair else " " * 6
+            cratio = f"{medc[pair] / medc[name]:6.2f}" if pair else ""
+            print(f"{name:36} {med[name]:7.3f} {total_mb / med[name]:7.1f} {ratio} {medc[name]:7.3f} {cratio}")
+        print("ratio = the paired snapshot_download's median / this client's median (wall, then CPU seconds of the"
+              " client process: the CPU column stays meaningful when other jobs share the cores)")
+        print(json.dumps({"wall_s": times, "cpu_s": cpu}))
     finally:
         server.stdin.close()
         server.terminate()

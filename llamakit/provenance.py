@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import yaml
 
-from llamakit import atomic
+from llamakit import atomic, portable
 
 TIMINGS_DIR = Path("work/timings")
 
@@ -278,8 +278,8 @@ def time_command(stage: str, cmd: list[str], directory: str | Path = TIMINGS_DIR
             "finished": _utc(time.time()),
             "wall_s": round(wall, 3),
             "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 3),
-            # ru_maxrss is the largest child so far, in KiB on Linux.
-            "peak_rss_mib": round(after.ru_maxrss / 1024, 1),
+            # ru_maxrss is the largest child so far (KiB on Linux, bytes on macOS: portable knows which).
+            "peak_rss_mib": portable.peak_rss_mib(after),
         }
         atomic.write_json(Path(directory) / f"{stage}.json", rec)
     return code

@@ -40,10 +40,8 @@ LINUX_PATHS = ("/proc/", "/proc", "/sys/", "/dev/shm")
 # A constant exists exactly where its function does: a guard of the function covers it.
 COMPANION = {"POSIX_FADV_": "posix_fadvise", "SPLICE_": "splice", "MFD_": "memfd_create", "EFD_": "eventfd"}
 HELPERS = {"llamakit/portable.py", "llamakit/convert/_libc.py"}
-# Lead-owned (llamakit/provenance.py may not be edited by this branch): time_command's
-# `after.ru_maxrss / 1024` reads macOS's bytes as KiB. The fix is one line, `"peak_rss_mib":
-# portable.peak_rss_mib(after)`; once it is in, this set must become empty (the test says so).
-PENDING = {("llamakit/provenance.py", "ru_maxrss")}
+# Known unguarded uses waiting for a fix (none left: provenance's timer reads ru_maxrss through portable).
+PENDING: set = set()
 
 
 def _linux_only(module: str, attr: str) -> bool:

@@ -2,8 +2,11 @@
 verify, and only then give the file its final name.
 
 A source supplies `transfer(spec, part)`, which must leave the complete bytes in
-`part` (resuming from `part.size`) or raise. Everything about durability,
-checking and naming lives here, so hub, Meta URL, mirror and wheel behave alike.
+`part` (resuming from `part.size`) or raise; or, for a client that writes files
+itself (huggingface_hub's public download API), `staged(spec, on_bytes)`, which
+returns the path of a complete file under a staging name on the same filesystem.
+Everything about durability, checking and naming lives here, so hub, Meta URL,
+mirror and wheel behave alike.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from llamakit.errors import DiskFullError, Mismatch, VerificationError
-from llamakit.fetch._files import VerifiedState, safe_dest
+from llamakit.fetch._files import VerifiedState, fsync_dir, safe_dest
 from llamakit.fetch._hashing import hash_file, needed_algos
 from llamakit.fetch._part import PartFile
 
@@ -45,6 +48,7 @@ class FetchConfig:
     chunk: int = 8 << 20  # resume granularity: a crash re-transfers at most this much
     fsync: bool = True
     corrupt_retries: int = 2  # fresh downloads after a checksum mismatch before failing
+    hf_transfer: str = "auto"  # hub files: auto (Xet-backed via the hub API, the rest own engine) | hub | engine
 
     @classmethod
     def from_env(cls) -> "FetchConfig":
@@ -56,7 +60,16 @@ class FetchConfig:
             chunk=_env("LLAMAKIT_FETCH_CHUNK", 8 << 20, int),
             fsync=_env("LLAMAKIT_FETCH_FSYNC", 1, int) != 0,
             corrupt_retries=_env("LLAMAKIT_FETCH_CORRUPT_RETRIES", 2, int),
+            hf_transfer=_transfer_mode(os.environ.get("LLAMAKIT_HF_TRANSFER") or "auto"),
         )
+
+
+def _transfer_mode(raw: str) -> str:
+    if raw not in ("auto", "hub", "engine"):
+        from llamakit.errors import UsageError
+
+        raise UsageError(f"LLAMAKIT_HF_TRANSFER={raw!r} is not one of auto, hub, engine")
+    return raw
 
 
 @dataclass
@@ -112,7 +125,10 @@ class Engine:
         self.warnings: list[str] = []
         self._lock = threading.Lock()
 
-    def run(self, specs: list[FileSpec], transfer: Callable[[FileSpec, PartFile], None]) -> list[FetchedFile]:
+    def run(self, specs: list[FileSpec], transfer: Callable[[FileSpec, PartFile], None] | None = None,
+            staged: Callable[[FileSpec, Callable[[int], None]], Path] | None = None,
+            use_staged: Callable[[FileSpec], bool] = lambda spec: True) -> list[FetchedFile]:
+        """Every spec verified under its final name; `staged` (when given) serves the specs `use_staged` picks."""
         finals = {s.path: safe_dest(self.root, s.path) for s in specs}  # refuse unsafe paths before any byte moves
         self._check_space(specs, finals)
         results: dict[str, FetchedFile] = {}
@@ -122,7 +138,10 @@ class Engine:
             if self.cancel.is_set():
                 return
             try:
-                got = self._one(spec, finals[spec.path], transfer)
+                if staged is not None and use_staged(spec):
+                    got = self._one_staged(spec, finals[spec.path], staged)
+                else:
+                    got = self._one(spec, finals[spec.path], transfer)
                 if got is not None:
                     results[spec.path] = got
             except RemoteMissing as exc:
@@ -232,6 +251,44 @@ class Engine:
         finally:
             self.progress.done(task)
 
+    def _one_staged(self, spec: FileSpec, final: Path, staged) -> FetchedFile:
+        """A client that writes whole files: hash what it wrote, and only then give it the final name."""
+        found = self._present(spec, final)
+        if found is not None:
+            return found
+        algos = needed_algos(sha256=True, md5=bool(spec.md5), git=bool(spec.git_oid))
+        task = self.progress.add(spec.path, spec.size)
+
+        def on_bytes(n: int) -> None:
+            if self.cancel.is_set():
+                raise Cancelled()
+            self.progress.advance(task, n)
+
+        try:
+            for attempt in range(self.cfg.corrupt_retries + 1):
+                self.progress.reset(task, 0)
+                path = Path(staged(spec, on_bytes))
+                if self.cancel.is_set():
+                    raise Cancelled()
+                size, got = hash_file(path, algos)
+                bad = self._mismatch(spec, size, got)
+                if bad is None:
+                    if self.cfg.fsync:
+                        with open(path, "rb") as f:
+                            os.fsync(f.fileno())
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, final)
+                    fsync_dir(final.parent)
+                    self.state.record(spec.path, final, got)
+                    return FetchedFile(spec.path, size, got["sha256"], got.get("md5"), got.get("git"), transferred=size)
+                path.unlink(missing_ok=True)  # wrong bytes never get a final name, and are not served again
+                if attempt < self.cfg.corrupt_retries:
+                    with self._lock:
+                        self.warnings.append(f"{spec.path}: {bad.kind} after download; fetched again")
+            raise VerificationError([bad], root=self.root)
+        finally:
+            self.progress.done(task)
+
     @staticmethod
     def _mismatch(spec: FileSpec, size: int, got: dict[str, str]) -> Mismatch | None:
         if spec.size is not None and size != spec.size:
@@ -259,13 +316,14 @@ class Ctx:
     dry_run: bool = False  # plan only: `run` records the specs and transfers nothing
     planned: list[FileSpec] = field(default_factory=list)
 
-    def run(self, specs: list[FileSpec], transfer) -> tuple[list[FetchedFile], list[str]]:
+    def run(self, specs: list[FileSpec], transfer=None, **staged) -> tuple[list[FetchedFile], list[str]]:
+        """`staged`: Engine.run's `staged` and `use_staged`, for a client that writes whole files."""
         specs = self.select(specs)
         if self.dry_run:
             self.planned.extend(specs)
             return [], []
         eng = Engine(self.out, config=self.config, progress=self.progress, workers=self.workers)
-        return eng.run(specs, transfer), eng.warnings
+        return eng.run(specs, transfer, **staged), eng.warnings
 
 
 @dataclass

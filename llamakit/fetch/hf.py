@@ -2,12 +2,20 @@
 
 Metadata: one `model_info(files_metadata=True)` gives the commit, every file's
 size and, for LFS files, the sha256 (non-LFS files: the git blob id). That is
-the lock, so locking downloads nothing. Data, with `--out`: huggingface_hub's
-`http_get` streams each file at the pinned commit into llamakit's part file, which
-hashes as it writes and resumes across runs from its verified prefix. Without
-`--out` the files go into the Hugging Face cache through the public download API
-(`llamakit.fetch.hf_download`). Token,
-HF_ENDPOINT and proxies are huggingface_hub's own business, read its usual way.
+the lock, so locking downloads nothing. Data, with `--out`, per file:
+  * Xet-backed files (when `hf_xet` is installed): huggingface_hub's public
+    `hf_hub_download(local_dir=DEST/.llamakit/hub)`, so hf_xet does the transfer;
+    the engine then hashes the file against the pin and renames it into place.
+  * other files: llamakit's engine, huggingface_hub's `http_get` streaming into a
+    part file that hashes as it writes and resumes across runs from its verified
+    prefix. Kept because it measurably wins there (BENCHMARKS.md, fetch): the public
+    API of huggingface_hub 2.x downloads into a per-process temp file that it
+    deletes on failure, so a killed or failed transfer starts again from byte 0,
+    and verifying afterwards reads every byte a second time.
+`LLAMAKIT_HF_TRANSFER=hub` (or `engine`) sends every file one way.
+Without `--out` the files go into the Hugging Face cache through the public
+download API (`llamakit.fetch.hf_download`). Token, HF_ENDPOINT and proxies are
+huggingface_hub's own business, read its usual way.
 """
 
 from __future__ import annotations
@@ -186,11 +194,48 @@ def plan(release, fmt: str, revision: str | None, cfg: FetchConfig, *, token: st
     return repo, commit, specs, notes, sub
 
 
+def _xet_backed(repo: str, commit: str, cfg: FetchConfig, token: str | None) -> set[str]:
+    """Repo paths that hf_xet would transfer: one tree listing, asked only when hf_xet can be used."""
+    from importlib.util import find_spec
+
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_DISABLE_XET or find_spec("hf_xet") is None:
+        return set()
+    api = HfApi(endpoint=endpoint(), token=token, library_name="llamakit", library_version=__version__)
+    tree = _with_retries(lambda: list(api.list_repo_tree(repo, revision=commit, recursive=True)), cfg, repo, commit,
+                         retries=min(cfg.retries, 3))
+    return {e.path for e in tree if getattr(e, "xet_hash", None)}
+
+
+def _bar_class(on_bytes):
+    """A tqdm stand-in that hands huggingface_hub's byte counts to llamakit's own progress display."""
+    from huggingface_hub.utils.tqdm import silent_tqdm
+
+    class Bar(silent_tqdm):
+        def __init__(self, *args, **kwargs):
+            self.n, self.total = 0, kwargs.get("total")
+            # hf_xet reports reconstructed bytes and network bytes on two bars: count the file's bytes once
+            self._counts = "downloading bytes" not in str(kwargs.get("desc") or "")
+
+        def update(self, n=1) -> None:
+            if n and self._counts:
+                self.n += n
+                on_bytes(int(n))
+
+        def __getattr__(self, name):  # set_postfix_str, refresh, close, ...: nothing to draw
+            return lambda *a, **k: None
+
+    return Bar
+
+
 def fetch(ctx: Ctx) -> Outcome:
-    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub import constants, hf_hub_download, hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
     from huggingface_hub.utils.tqdm import silent_tqdm
+
+    from llamakit.fetch._files import state_dir
 
     cfg = ctx.config
     if cfg.timeout:
@@ -199,13 +244,27 @@ def fetch(ctx: Ctx) -> Outcome:
     base = endpoint()
     headers = build_hf_headers(token=ctx.token, library_name="llamakit", library_version=__version__)
 
-    def transfer(spec: FileSpec, part) -> None:
+    def transfer(spec: FileSpec, part) -> None:  # own engine: resumable part file, hashed as it is written
         url = hf_hub_url(repo, spec.ref, revision=commit, endpoint=base)
         _with_retries(lambda: http_get(url, part, resume_size=part.size, headers=headers, expected_size=spec.size,
                                        displayed_filename=spec.ref, tqdm_class=silent_tqdm),
                       cfg, repo, spec.ref, progress_of=lambda: part.size)
 
-    files, warnings = ctx.run(specs, transfer)
+    def staged(spec: FileSpec, on_bytes):  # the public API, into a staging dir the engine verifies and renames from
+        return _with_retries(
+            lambda: hf_hub_download(repo, spec.ref, revision=commit, local_dir=state_dir(ctx.out) / "hub", endpoint=base,
+                                    token=ctx.token, etag_timeout=cfg.timeout or constants.HF_HUB_ETAG_TIMEOUT,
+                                    library_name="llamakit", library_version=__version__, tqdm_class=_bar_class(on_bytes)),
+            cfg, repo, spec.ref)
+
+    mode = cfg.hf_transfer
+    if ctx.dry_run or mode == "engine":
+        via_hub = set()
+    elif mode == "hub":
+        via_hub = {s.ref for s in specs}
+    else:
+        via_hub = _xet_backed(repo, commit, cfg, ctx.token)
+    files, warnings = ctx.run(specs, transfer, staged=staged, use_staged=lambda spec: spec.ref in via_hub)
     return Outcome(files, {"kind": "hf", "repo": repo, **({"subfolder": sub} if sub else {})}, commit, warnings, notes)
 
 

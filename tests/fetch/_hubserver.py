@@ -23,6 +23,7 @@ class HubRepo:
     faults: Faults | None = None
     api_faults: Faults | None = None  # on the model-info / tree calls
     commit: str = ""
+    xet: set[str] = field(default_factory=set)  # paths the tree listing calls Xet-backed (bytes still served by resolve)
 
     def __post_init__(self):
         if not self.commit:
@@ -46,6 +47,8 @@ class HubRepo:
         e = {"type": "file", "path": path, "size": len(data), "oid": git_oid(data)}
         if self.is_lfs(path):
             e["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+        if path in self.xet:
+            e["xetHash"] = hashlib.sha256(b"xet" + data).hexdigest()
         return e
 
 

@@ -32,8 +32,9 @@ from llamakit.verify import verify_dir
 MAX_RUNS = 12
 
 
-def trial_config(chunk: int = 32 << 10) -> FetchConfig:
-    return FetchConfig(timeout=0.4, retries=6, backoff=0.01, max_backoff=0.05, chunk=chunk, fsync=False, corrupt_retries=2)
+def trial_config(chunk: int = 32 << 10, transfer: str = "auto") -> FetchConfig:
+    return FetchConfig(timeout=0.4, retries=6, backoff=0.01, max_backoff=0.05, chunk=chunk, fsync=False, corrupt_retries=2,
+                       hf_transfer=transfer)
 
 
 class FinalNameWatcher(threading.Thread):
@@ -175,7 +176,7 @@ def meta_trial(server, tmp: Path, seed: int) -> TrialResult:
     return res
 
 
-def hub_trial(server, tmp: Path, seed: int) -> TrialResult:
+def hub_trial(server, tmp: Path, seed: int, transfer: str = "auto") -> TrialResult:
     rng = random.Random(seed)
     repo_id = f"hub{seed}/tiny-llama"
     files = hub_files(seed, weight_kb=(60, 260))
@@ -191,7 +192,7 @@ def hub_trial(server, tmp: Path, seed: int) -> TrialResult:
         wanted = {k: k.split("/", 1)[1] for k in files if k.startswith("original/")}
     truth = {dest: hashlib.sha256(files[k]).hexdigest() for k, dest in wanted.items()}
     remote = {dest: f"{repo_id}/{k}" for k, dest in wanted.items()}
-    cfg = trial_config()
+    cfg = trial_config(transfer=transfer)
     out = tmp / f"hub{seed}"
     res = TrialResult(seed, "hub")
 

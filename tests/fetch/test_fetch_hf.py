@@ -20,9 +20,12 @@ HF_FILES = {"config.json", "generation_config.json", "model-00001-of-00002.safet
             "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json"}
 
 
-@pytest.fixture
-def hub_env(hub, manifests, fast_env, monkeypatch):
+@pytest.fixture(params=["engine", "hub"])
+def hub_env(request, hub, manifests, fast_env, monkeypatch):
+    """Every test runs both ways a hub file travels: llamakit's resumable engine and huggingface_hub's
+    public hf_hub_download (what Xet-backed files take); the guarantees must not depend on the route."""
     monkeypatch.setenv("HF_ENDPOINT", hub.base)
+    monkeypatch.setenv("LLAMAKIT_HF_TRANSFER", request.param)
     return hub
 
 

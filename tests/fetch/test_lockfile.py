@@ -3,35 +3,12 @@ it imports none of them, and no import cycle runs through fetch or verify (lazy 
 
 from __future__ import annotations
 
-import ast
+import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: import_graph
 
-
-def _module_file(name: str) -> Path | None:
-    base = REPO / Path(*name.split("."))
-    for p in (base.with_suffix(".py"), base / "__init__.py"):
-        if p.is_file():
-            return p
-    return None
-
-
-def _imports(path: Path, module: str) -> set[str]:
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}
-    # a module's own parent packages run first anyway: not an edge of a cycle
-    return {m for m in found if m.split(".")[0] == "llamakit" and _module_file(m) and not module.startswith(m + ".") and m != module}
+from import_graph import REPO, imports  # noqa: E402
 
 
 def _graph() -> dict[str, set[str]]:
@@ -39,7 +16,8 @@ def _graph() -> dict[str, set[str]]:
     for p in (REPO / "llamakit").rglob("*.py"):
         rel = p.relative_to(REPO).with_suffix("")
         name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
-        g[name] = _imports(p, name)
+        # a module's own parent packages run first anyway: not an edge of a cycle
+        g[name] = {m for m in imports(p, name) if m != name and not name.startswith(m + ".")}
     return g
 
 

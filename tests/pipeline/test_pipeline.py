@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.import_graph import imports, module_file
 from tests.pipeline._dvcrepo import CI_REF, REPO, dvc, git, persisted_outs, run
 
 STAGES = ["fetch", "verify", "convert", "prepare", "finetune", "evaluate", "report"]
@@ -325,34 +326,6 @@ NOT_CODE_DEPS = {"llamakit/__init__.py", "llamakit/__main__.py", "llamakit/cli.p
                  "llamakit/catalog_view.py"}
 
 
-def _module_file(name: str) -> Path | None:
-    base = REPO / Path(*name.split("."))
-    for p in (base.with_suffix(".py"), base / "__init__.py"):
-        if p.is_file():
-            return p
-    return None
-
-
-def _imports(path: Path, module: str) -> set[str]:
-    """llamakit modules a file imports anywhere (lazy imports inside functions included)."""
-    import ast
-
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                parts = parts[: len(parts) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import submodule`
-    return {m for m in found if m.split(".")[0] == "llamakit" and _module_file(m)}
-
-
 def _closure(entries: list[str]) -> set[str]:
     seen: set[str] = set()
     todo = list(entries)
@@ -363,8 +336,8 @@ def _closure(entries: list[str]) -> set[str]:
         seen.add(mod)
         parts = mod.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a.b.c runs a/__init__, a/b/__init__
-        todo += sorted(_imports(_module_file(mod), mod))
-    return {str(_module_file(m).relative_to(REPO)) for m in seen}
+        todo += sorted(imports(module_file(mod), mod))
+    return {str(module_file(m).relative_to(REPO)) for m in seen}
 
 
 @pytest.mark.parametrize("stage", STAGES)
