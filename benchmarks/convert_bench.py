@@ -3,7 +3,7 @@
 A synthetic Llama-2-7B-width checkpoint (dim 4096, 32 heads, FFN 11008, fewer layers,
 MP 2, bf16, a 4000-piece sentencepiece tokenizer.model trained here) is converted by
 
-  * llamakit:      python -m llamakit convert IN OUT [--no-check]
+  * llamakit:      python -m llamakit convert IN OUT [--no-check]   (this venv, this checkout)
   * transformers:  python -m transformers.models.llama.convert_llama_weights_to_hf
                        --input_dir IN --output_dir OUT --num_shards 2 --llama_version 2
                    run from a separate virtualenv (--tf-python) holding transformers==4.46.3;
@@ -18,7 +18,8 @@ start and imports included) and peak RSS is the child's ru_maxrss (which counts 
 pages of mmap'd files too). Outputs of llamakit and transformers are compared tensor by
 tensor at the end. Every run starts after os.sync(), so none pays for the writeback of the
 previous one's output; llamakit fsyncs its own output before the rename (its atomic commit),
-transformers does not. cp, cp + fsync, llamakit --no-check and transformers run --runs times,
+transformers does not. cp, cp + fsync, llamakit --no-check, llamakit with its default check and
+transformers run --runs times,
 interleaved (this VM's disk is noisy, and a deleted 2 GB output is discarded on the next journal
 commit, which slows whatever writes next); every ratio is of median walls.
 
@@ -154,8 +155,8 @@ def main() -> None:
     args = ap.parse_args()
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
-    llamakit = [str(REPO / ".venv" / "bin" / "python"), "-m", "llamakit", "convert"]
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    llamakit = [sys.executable, "-m", "llamakit", "convert"]  # this venv, this checkout's llamakit
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(REPO))
 
     tok = w / "tokenizer.model"
     if not tok.exists():
@@ -181,7 +182,6 @@ def main() -> None:
                           *shards])
         return plain, synced
 
-    r["llamakit (check on)"] = measure([*llamakit, str(big), str(fresh(w / "out-lk-check")), "--json"], env=env)
     r["llamakit small --no-check"] = measure([*llamakit, str(small), str(fresh(w / "out-lk-small")), "--no-check", "--json"],
                                              env=env)
     evict(shards)
@@ -191,10 +191,12 @@ def main() -> None:
     r["llamakit --no-check, cold cache"] = measure([*llamakit, str(big), str(fresh(w / "out-lk-cold")), "--no-check",
                                                     "--json"], env=env)
     warm(shards)
-    pairs, cps = [], []
+    pairs, cps, checked = [], [], []
     for _ in range(args.runs):  # interleaved, so drift in the machine's load and disk hits every side alike
         cps.append(cp_runs())
         lk_run = measure([*llamakit, str(big), str(fresh(w / "out-lk")), "--no-check", "--json"], env=env)
+        # the default command, as users run it: the logit check on
+        checked.append(measure([*llamakit, str(big), str(fresh(w / "out-lk-check")), "--json"], env=env))
         tf_run = measure(
             [args.tf_python, "-m", "transformers.models.llama.convert_llama_weights_to_hf", "--input_dir", str(big),
              "--output_dir", str(fresh(w / "out-tf")), "--num_shards", "2", "--llama_version", "2"], env=env)
@@ -203,6 +205,7 @@ def main() -> None:
     r["cp"] = median([c[0] for c in cps])
     r["cp+fsync"] = median([c[1] for c in cps])
     r["llamakit --no-check"] = median([p[0] for p in pairs])
+    r["llamakit (default: check on)"] = median(checked)
     r["transformers 4.46.3"] = median([p[1] for p in pairs])
     identical = same_tensors(w / "out-lk", w / "out-tf")
 
@@ -212,9 +215,14 @@ def main() -> None:
         "checkpoint_gb": {"big": round(gb, 3), "small": round(sizes["small"] / 1e9, 3)},
         "largest_tensor_mb": round(largest / 2**20, 1),
         "runs": r,
-        "pairs_wall_s (llamakit --no-check, transformers)": [(a["wall_s"], b["wall_s"]) for a, b in pairs],
+        "triples_wall_s (llamakit --no-check, llamakit default, transformers)":
+            [(a["wall_s"], c["wall_s"], b["wall_s"]) for (a, b), c in zip(pairs, checked)],
         "wall_ratio_llamakit_vs_transformers": round(lk["wall_s"] / tf["wall_s"], 3),
         "peak_rss_ratio_llamakit_vs_transformers": round(lk["peak_rss_mb"] / tf["peak_rss_mb"], 3),
+        "wall_ratio_default_vs_transformers": round(r["llamakit (default: check on)"]["wall_s"] / tf["wall_s"], 3),
+        "peak_rss_ratio_default_vs_transformers": round(max(c["peak_rss_mb"] for c in checked) / tf["peak_rss_mb"], 3),
+        "check_s_vs_weights_s (median run)": [r["llamakit (default: check on)"]["phases_s"].get("check_s"),
+                                              r["llamakit (default: check on)"]["phases_s"].get("weights_s")],
         "rss_bound_mb (2x largest + 300)": round(2 * largest / 2**20 + 300, 1),
         "throughput_gb_s": {k: round(gb / v["wall_s"], 3) for k, v in r.items() if "small" not in k},
         "throughput_vs_cp": round(cp["wall_s"] / lk["wall_s"], 3),

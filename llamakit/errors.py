@@ -234,6 +234,14 @@ class EquivalenceError(CheckFailed):
         self.top1 = top1
 
 
+class CheckIncomplete(CheckFailed):
+    """The converted directory lacks a tensor its own config implies: it cannot equal the source."""
+
+    def __init__(self, what: str, *, path: str | Path | None = None):
+        super().__init__(what, path=path, fix="the conversion is wrong for this checkpoint; report it with "
+                                                "LLAMAKIT_DEBUG=1 output")
+
+
 @dataclass
 class MetricFailure:
     name: str

@@ -64,9 +64,9 @@ def _torch_dtype(dtype: str | None):
 
 
 def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", check=True, force=False,
-            show_progress=True, layerwise_check=None, reference="llamakit") -> ConvertResult:
+            show_progress=True, whole_model_check=False, reference="llamakit") -> ConvertResult:
     """Convert SRC (Meta dir, HF dir or .gguf) to DST (`to` = 'hf' | 'meta'), streaming, then prove equality."""
-    from llamakit.convert import decide, detect, hf, meta, output
+    from llamakit.convert import decide, detect, hf, meta_write, output
 
     t0 = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -119,7 +119,7 @@ def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", che
                 if to == "hf":
                     files = hf.write_hf(source, tmp, dtype=cast, max_shard_size=max_shard_size, progress=advance)
                 else:
-                    files = meta.write_meta(source, tmp, mp=mp_out, dtype=cast, progress=advance)
+                    files = meta_write.write_meta(source, tmp, mp=mp_out, dtype=cast, progress=advance)
             timings["weights_s"] = round(time.perf_counter() - t, 3)
             (tok_note, arch), timings["tokenizer_s"] = tok_job.result()
         if to == "hf":
@@ -129,7 +129,7 @@ def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", che
             from llamakit.convert import check as checkmod
 
             t = time.perf_counter()
-            report = checkmod.compare(source, tmp, to, cast=real_cast, layerwise=layerwise_check, report_path=dst,
+            report = checkmod.compare(source, tmp, to, cast=real_cast, whole_model=whole_model_check, report_path=dst,
                                       reference_code=reference)
             timings["check_s"] = round(time.perf_counter() - t, 3)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())

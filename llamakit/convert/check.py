@@ -14,15 +14,17 @@ spread from 0 to ~100k. RoPE is relative, so only the second makes query-key dis
 reach the long wavelengths llama3 scaling rescales (factor 8 vs 32 differ by ~1e-6 in
 the first batch of a tiny model, by ~0.5 in the second).
 
-Meta-side forwards stream one layer at a time by construction. HF directories load
-whole via `from_pretrained` when the model is small, else layer by layer: one
-transformers `LlamaDecoderLayer` at a time, weights read from the safetensors files,
-so a 405B check needs one layer of memory.
+Both sides stream their weights in row blocks from the mapped files (stream.py): the Meta
+side through `reference.forward_batches`, the HF side through transformers' own model built
+from config.json with its linear layers reading the safetensors files a block at a time
+(hf_forward.py). Each block is read once for all batches, so the check's memory is one block
+of one tensor (PART_BYTES of float32) plus activations, for a tiny model as for 405B, and its
+time is one pass over each side's bytes. `whole_model=True` loads the HF side with
+`from_pretrained` instead (tests show both give the same logits).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,12 +32,11 @@ import torch
 
 from llamakit.convert import reference
 from llamakit.convert.decide import params_json
-from llamakit.convert.hf import INDEX, safetensors_files
+from llamakit.convert.stream import PartsRows
 from llamakit.errors import EquivalenceError
 
 # max |Δlogit| allowed, relative to the largest |logit| (at least 1), by the dtype the weights were cast to
 RTOL = {None: 1e-4, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}
-WHOLE_MODEL_LIMIT = 2 << 30  # bytes of float32 weights above which HF checks go layer by layer
 
 
 @dataclass
@@ -92,22 +93,24 @@ def reference_logits_many(source, batches: list) -> list[torch.Tensor]:
         return reference.forward_batches(source.params, source.shard_weights(), batches, mp=source.mp,
                                          has_output=source.plan.has_output, rope=source.arch.rope_scaling)
     factors = getattr(source, "rope_freqs", None)  # a GGUF's own llama3 scaling, run as llama.cpp runs it
-    return reference.forward_batches(params_json(source.arch), lambda _rank, name: source.load(name).float(), batches,
-                                     mp=1, has_output=not source.arch.tied, rope=source.arch.rope_scaling,
+    shapes = {e.name: e.shape for e in source.entries()}
+    return reference.forward_batches(params_json(source.arch), lambda _rank, name: PartsRows(source, name, shapes[name]),
+                                     batches, mp=1, has_output=not source.arch.tied, rope=source.arch.rope_scaling,
                                      freq_factors=factors)
 
 
-def hf_logits(model_dir: Path, tokens: torch.Tensor, *, layerwise: bool | None = None,
+def hf_logits(model_dir: Path, tokens: torch.Tensor, *, whole_model: bool = False,
               positions: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
-    return hf_logits_many(model_dir, [(tokens, positions)], layerwise=layerwise)[0]
+    return hf_logits_many(model_dir, [(tokens, positions)], whole_model=whole_model)[0]
 
 
-def hf_logits_many(model_dir: Path, batches: list, *, layerwise: bool | None = None) -> list[tuple[torch.Tensor, str]]:
-    """transformers' logits for each (tokens, positions or None) batch, the model loaded once."""
-    if layerwise is None:
-        layerwise = _fp32_bytes(model_dir) > WHOLE_MODEL_LIMIT
-    if layerwise:
-        return [(_hf_layerwise(model_dir, t, p), "transformers (layer by layer)") for t, p in batches]
+def hf_logits_many(model_dir: Path, batches: list, *, whole_model: bool = False) -> list[tuple[torch.Tensor, str]]:
+    """transformers' logits for each (tokens, positions or None) batch: weights streamed in row blocks
+    (hf_forward.py), or with `whole_model` the model loaded whole by `from_pretrained`."""
+    if not whole_model:
+        from llamakit.convert import hf_forward
+
+        return [(t, "transformers (streamed)") for t in hf_forward.logits(model_dir, batches)]
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -126,72 +129,13 @@ def hf_logits_many(model_dir: Path, batches: list, *, layerwise: bool | None = N
     return out
 
 
-def _fp32_bytes(model_dir: Path) -> int:
-    from safetensors import safe_open
-
-    n = 0
-    for f in safetensors_files(model_dir):
-        with safe_open(f, framework="pt") as st:
-            for k in st.keys():
-                shape = st.get_slice(k).get_shape()
-                size = 1
-                for d in shape:
-                    size *= d
-                n += 4 * size
-    return n
-
-
-@torch.no_grad()
-def _hf_layerwise(model_dir: Path, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-    from safetensors import safe_open
-    from transformers import AutoConfig
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
-
-    model_dir = Path(model_dir)
-    if (model_dir / INDEX).exists():
-        where = {k: model_dir / f for k, f in json.loads((model_dir / INDEX).read_text())["weight_map"].items()}
-    else:
-        where = {}
-        for f in safetensors_files(model_dir):
-            with safe_open(f, framework="pt") as st:
-                where.update(dict.fromkeys(st.keys(), f))
-
-    def get(name: str) -> torch.Tensor:
-        with safe_open(where[name], framework="pt") as st:
-            return st.get_tensor(name).float()
-
-    config = AutoConfig.from_pretrained(str(model_dir))
-    config._attn_implementation = "eager"
-    bsz, seq = tokens.shape
-    embed = get("model.embed_tokens.weight")
-    h = torch.nn.functional.embedding(tokens, embed)
-    lm_head = embed if config.tie_word_embeddings else None
-    del embed
-    pos = torch.arange(seq) if positions is None else positions
-    cos_sin = LlamaRotaryEmbedding(config)(h, pos[None].expand(bsz, seq))
-    mask = torch.full((seq, seq), float("-inf")).triu(1)[None, None].expand(bsz, 1, seq, seq)
-    for i in range(config.num_hidden_layers):
-        with torch.device("meta"):
-            layer = LlamaDecoderLayer(config, layer_idx=i)
-        prefix = f"model.layers.{i}."
-        layer.load_state_dict({k: get(prefix + k) for k in layer.state_dict()}, assign=True)
-        h = layer.eval()(h, attention_mask=mask, position_embeddings=cos_sin)
-        del layer
-    norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-    norm.weight.data = get("model.norm.weight")
-    h = norm(h)
-    if lm_head is None:
-        lm_head = get("lm_head.weight")
-    return (h @ lm_head.T).float()
-
-
 # --- the comparison --------------------------------------------------------------
 
 
-def _side(source, batches, layerwise, what: str, *, hf_dir: Path | None = None, reference_code: str = "llamakit"):
+def _side(source, batches, whole_model, what: str, *, hf_dir: Path | None = None, reference_code: str = "llamakit"):
     """One side's logits for every batch, in its own format's code, and its name."""
     if hf_dir is not None or source.fmt == "hf":
-        res = hf_logits_many(hf_dir or source.path, batches, layerwise=layerwise)
+        res = hf_logits_many(hf_dir or source.path, batches, whole_model=whole_model)
         return [r[0] for r in res], res[0][1]
     which = what if what == "result" else source.fmt
     if reference_code == "meta":
@@ -207,20 +151,19 @@ def _side(source, batches, layerwise, what: str, *, hf_dir: Path | None = None, 
     return reference_logits_many(source, batches), name
 
 
-
-def compare(source, result_dir: Path, to: str, *, cast=None, layerwise: bool | None = None,
+def compare(source, result_dir: Path, to: str, *, cast=None, whole_model: bool = False,
             report_path: Path | None = None, reference_code: str = "llamakit") -> CheckReport:
     """Run both batches through `source` and through the written `result_dir`; raise if they disagree."""
     tokens = token_batch(source.arch.vocab_size)
     spread_tokens, positions = spread_batch(source.arch.vocab_size)
     batches = [(tokens, None), (spread_tokens, positions)]
-    (a, a2), a_name = _side(source, batches, layerwise, "source", reference_code=reference_code)
+    (a, a2), a_name = _side(source, batches, whole_model, "source", reference_code=reference_code)
     if to == "hf":
-        (b, b2), b_name = _side(None, batches, layerwise, "result", hf_dir=result_dir)
+        (b, b2), b_name = _side(None, batches, whole_model, "result", hf_dir=result_dir)
     else:
         from llamakit.convert.meta import MetaSource
 
-        (b, b2), b_name = _side(MetaSource(result_dir), batches, layerwise, "result", reference_code=reference_code)
+        (b, b2), b_name = _side(MetaSource(result_dir), batches, whole_model, "result", reference_code=reference_code)
     diff1 = (a - b).abs().max().item()
     diff2 = (a2 - b2).abs().max().item()
     diff = max(diff1, diff2)

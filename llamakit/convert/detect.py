@@ -2,7 +2,7 @@
 
 Nothing here trusts a flag or a file name alone: a Meta directory is recognised by
 params.json + consolidated.NN.pth (its MP degree and embedding split then come from the
-shard shapes, in `meta.plan_shards`), an HF directory by config.json + safetensors, a
+shard shapes, in `meta_plan.plan_shards`), an HF directory by config.json + safetensors, a
 GGUF by its magic bytes.
 """
 

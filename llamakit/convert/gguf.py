@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from llamakit.convert import keymap
 from llamakit.convert.arch import Arch
-from llamakit.convert.meta import Entry, expected_shapes
+from llamakit.convert.entries import Entry, expected_shapes
 from llamakit.convert.pth import prefetch, release
 from llamakit.errors import ConversionError, InputFileError
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from llamakit.convert import keymap
 from llamakit.convert.arch import Arch
-from llamakit.convert.meta import Entry, expected_shapes, part_rows
+from llamakit.convert.entries import Entry, expected_shapes, part_rows
 from llamakit.convert.output import FileSpan, SpanCopier, pwrite_all, start_writeback
 from llamakit.convert.pth import tensor_bytes
 from llamakit.errors import ConversionError, InputFileError, UsageError

@@ -15,7 +15,6 @@ Unlike `reference.py`, this holds the whole model in float32: for checks of mode
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Callable
 
@@ -65,17 +64,12 @@ def _process_group() -> None:
 
 
 def _scaling(rope: dict) -> Callable[[torch.Tensor], torch.Tensor]:
-    """llama-models 0.3.0's apply_scaling with the decided constants in place of its hard-coded ones."""
-    factor, lo, hi = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
-    old = rope["original_max_position_embeddings"]
+    """llama-models 0.3.0's apply_scaling with the decided constants in place of its hard-coded ones (the same
+    function, vectorised, that reference.py runs: one copy of the formula in llamakit)."""
+    from llamakit.convert.reference import apply_scaling
 
-    def apply_scaling(freqs: torch.Tensor) -> torch.Tensor:
-        wavelen = 2 * math.pi / freqs
-        new = torch.where(wavelen > old / lo, freqs / factor, freqs)
-        smooth = (old / wavelen - lo) / (hi - lo)
-        return torch.where((wavelen >= old / hi) & (wavelen <= old / lo), (1 - smooth) * new / factor + smooth * new, new)
-
-    return apply_scaling
+    return lambda freqs: apply_scaling(freqs, rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"],
+                                       rope["original_max_position_embeddings"])
 
 
 @torch.inference_mode()

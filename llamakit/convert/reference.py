@@ -16,8 +16,9 @@ outputs are gathered, RowParallel outputs are summed, ParallelEmbedding (Llama 1
 gathers along the model dim, VocabParallelEmbedding (Llama 3) masks and sums. So it
 checks a converter's merge dims and rotary permutation independently of the converter.
 
-Weights are fetched one layer at a time through `weights(rank, name)`, which keeps the
-memory of a check bounded by one layer however big the model is.
+Weights come from `weights(rank, name)` as tensors or `stream.Rows` and are multiplied one
+row block at a time (stream.py), each block once for every batch, which keeps the memory of a
+check bounded by one block of one tensor however big the model is.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-Weights = Callable[[int, str], torch.Tensor]  # (rank, Meta key) -> float32 tensor (that rank's shard)
+from llamakit.convert.stream import Rows, as_rows, linear
+
+Weights = Callable[[int, str], "torch.Tensor | Rows"]  # (rank, Meta key) -> that rank's shard, any float dtype
 
 
 @dataclass
@@ -102,57 +105,73 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return out.type_as(x) * weight
 
 
-def attention(args: ModelArgs, mp: int, w: Weights, i: int, x: torch.Tensor, freqs_cis, mask) -> torch.Tensor:
-    bsz, seqlen, _ = x.shape
+def lin(xs: list[torch.Tensor], w) -> list[torch.Tensor]:
+    """Every batch's activations through one weight, each of its row blocks read once for all of them."""
+    y = linear(torch.cat([x.reshape(-1, x.shape[-1]) for x in xs]), w)
+    out, a = [], 0
+    for x in xs:
+        n = x[..., 0].numel()
+        out.append(y[a:a + n].reshape(*x.shape[:-1], -1))
+        a += n
+    return out
+
+
+def attention(args: ModelArgs, mp: int, w: Weights, i: int, xs: list[torch.Tensor], freqs: list, masks: list) -> list:
     n_kv_heads = args.n_kv_heads or args.n_heads
     n_local_heads, n_local_kv_heads = args.n_heads // mp, n_kv_heads // mp
     n_rep = n_local_heads // n_local_kv_heads
     head_dim = args.dim // args.n_heads
-    out = 0
+    outs = [0] * len(xs)
     for rank in range(mp):  # each rank owns n_local_heads heads: ColumnParallel wq/wk/wv, RowParallel wo
         p = f"layers.{i}.attention."
-        xq = (x @ w(rank, p + "wq.weight").T).view(bsz, seqlen, n_local_heads, head_dim)
-        xk = (x @ w(rank, p + "wk.weight").T).view(bsz, seqlen, n_local_kv_heads, head_dim)
-        xv = (x @ w(rank, p + "wv.weight").T).view(bsz, seqlen, n_local_kv_heads, head_dim)
-        xq, xk = apply_rotary_emb(xq, xk, freqs_cis)
-        keys, values = repeat_kv(xk, n_rep), repeat_kv(xv, n_rep)
-        xq, keys, values = xq.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
-        scores = torch.matmul(xq, keys.transpose(2, 3)) / math.sqrt(head_dim)
-        scores = F.softmax((scores + mask).float(), dim=-1).type_as(xq)
-        o = torch.matmul(scores, values).transpose(1, 2).contiguous().view(bsz, seqlen, -1)
-        out = out + o @ w(rank, p + "wo.weight").T  # the all-reduce of RowParallelLinear
-    return out
+        qs, ks, vs = (lin(xs, w(rank, p + f"{t}.weight")) for t in ("wq", "wk", "wv"))
+        os_ = []
+        for x, xq, xk, xv, freqs_cis, mask in zip(xs, qs, ks, vs, freqs, masks):
+            bsz, seqlen, _ = x.shape
+            xq = xq.view(bsz, seqlen, n_local_heads, head_dim)
+            xk = xk.view(bsz, seqlen, n_local_kv_heads, head_dim)
+            xv = xv.view(bsz, seqlen, n_local_kv_heads, head_dim)
+            xq, xk = apply_rotary_emb(xq, xk, freqs_cis)
+            keys, values = repeat_kv(xk, n_rep), repeat_kv(xv, n_rep)
+            xq, keys, values = xq.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
+            scores = torch.matmul(xq, keys.transpose(2, 3)) / math.sqrt(head_dim)
+            scores = F.softmax((scores + mask).float(), dim=-1).type_as(xq)
+            os_.append(torch.matmul(scores, values).transpose(1, 2).contiguous().view(bsz, seqlen, -1))
+        outs = [o + y for o, y in zip(outs, lin(os_, w(rank, p + "wo.weight")))]  # the all-reduce of RowParallelLinear
+    return outs
 
 
-def feed_forward(mp: int, w: Weights, i: int, x: torch.Tensor) -> torch.Tensor:
-    out = 0
+def feed_forward(mp: int, w: Weights, i: int, xs: list[torch.Tensor]) -> list:
+    outs = [0] * len(xs)
     for rank in range(mp):
         p = f"layers.{i}.feed_forward."
-        h = F.silu(x @ w(rank, p + "w1.weight").T) * (x @ w(rank, p + "w3.weight").T)
-        out = out + h @ w(rank, p + "w2.weight").T
-    return out
+        g, u = lin(xs, w(rank, p + "w1.weight")), lin(xs, w(rank, p + "w3.weight"))
+        outs = [o + y for o, y in zip(outs, lin([F.silu(a) * b for a, b in zip(g, u)], w(rank, p + "w2.weight")))]
+    return outs
 
 
 def embed(args: ModelArgs, mp: int, w: Weights, tokens: torch.Tensor) -> torch.Tensor:
-    shards = [w(rank, "tok_embeddings.weight") for rank in range(mp)]
+    shards = [as_rows(w(rank, "tok_embeddings.weight")) for rank in range(mp)]
     if shards[0].shape[1] != args.dim:  # ParallelEmbedding: each rank holds a slice of the model dim
-        return torch.cat([F.embedding(tokens, e) for e in shards], dim=-1)
+        return torch.cat([e.take(tokens) for e in shards], dim=-1)
     out, start = 0, 0  # VocabParallelEmbedding: each rank holds a slice of the vocabulary
     for e in shards:
         local = tokens - start
         hit = (local >= 0) & (local < e.shape[0])
-        out = out + F.embedding(local.clamp(0, e.shape[0] - 1), e) * hit[..., None]
+        out = out + e.take(local.clamp(0, e.shape[0] - 1)) * hit[..., None]
         start += e.shape[0]
     return out
 
 
-def output(args: ModelArgs, mp: int, w: Weights, h: torch.Tensor, *, has_output: bool) -> torch.Tensor:
+def output(args: ModelArgs, mp: int, w: Weights, hs: list[torch.Tensor], *, has_output: bool) -> list:
     name = "output.weight" if has_output else "tok_embeddings.weight"
-    shards = [w(rank, name) for rank in range(mp)]
+    shards = [as_rows(w(rank, name)) for rank in range(mp)]
     if shards[0].shape[1] != args.dim:  # tied to a dim-split embedding: partial sums over the model dim
-        cols = torch.split(h, [s.shape[1] for s in shards], dim=-1)
-        return sum(c @ s.T for c, s in zip(cols, shards)).float()
-    return torch.cat([h @ s.T for s in shards], dim=-1).float()  # ColumnParallelLinear(gather_output=True)
+        widths = [s.shape[1] for s in shards]
+        parts = [lin([torch.split(h, widths, dim=-1)[r] for h in hs], s) for r, s in enumerate(shards)]
+        return [sum(p[j] for p in parts).float() for j in range(len(hs))]
+    parts = [lin(hs, s) for s in shards]  # ColumnParallelLinear(gather_output=True)
+    return [torch.cat([p[j] for p in parts], dim=-1).float() for j in range(len(hs))]
 
 
 def forward(params: dict, weights: Weights, tokens: torch.Tensor, *, mp: int = 1, has_output: bool = True,
@@ -167,34 +186,29 @@ def forward(params: dict, weights: Weights, tokens: torch.Tensor, *, mp: int = 1
 @torch.no_grad()
 def forward_batches(params: dict, weights: Weights, batches: list, *, mp: int = 1, has_output: bool = True,
                     rope: dict | None = None, freq_factors: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """`forward` for several (tokens, positions or None) batches in one pass over the weights: each tensor is read
-    once for all of them (a layer's tensors are held until the layer is done)."""
+    """`forward` for several (tokens, positions or None) batches in one pass over the weights: each row block of
+    each tensor is read once for all of them, and only one block is held at a time."""
     args = ModelArgs.from_params(params)
-    state = []
+    freqs, masks = [], []
     for tokens, positions in batches:
         seqlen = tokens.shape[1]
-        freqs_cis = precompute_freqs_cis(args, torch.arange(seqlen) if positions is None else positions, rope, freq_factors)
-        mask = torch.triu(torch.full((seqlen, seqlen), float("-inf")), diagonal=1)
-        state.append([None, freqs_cis, mask, tokens])
-    held: dict = {}
+        freqs.append(precompute_freqs_cis(args, torch.arange(seqlen) if positions is None else positions, rope,
+                                          freq_factors))
+        masks.append(torch.triu(torch.full((seqlen, seqlen), float("-inf")), diagonal=1))
+    every = torch.cat([t.reshape(-1) for t, _ in batches])  # one embedding lookup for all batches
+    flat = embed(args, mp, weights, every)
+    hs, a = [], 0
+    for tokens, _ in batches:
+        hs.append(flat[a:a + tokens.numel()].reshape(*tokens.shape, -1))
+        a += tokens.numel()
 
-    def w(rank: int, name: str) -> torch.Tensor:
-        if (rank, name) not in held:
-            held[(rank, name)] = weights(rank, name)
-        return held[(rank, name)]
+    def norm(name: str, xs: list) -> list:
+        weight = as_rows(weights(0, name)).full()
+        return [rms_norm(x, weight, args.norm_eps) for x in xs]
 
-    for s in state:
-        s[0] = embed(args, mp, w, s[3])
-    held.clear()
     for i in range(args.n_layers):
-        for s in state:
-            h, freqs_cis, mask, _ = s
-            h = h + attention(args, mp, w, i, rms_norm(h, w(0, f"layers.{i}.attention_norm.weight"), args.norm_eps),
-                              freqs_cis, mask)
-            s[0] = h + feed_forward(mp, w, i, rms_norm(h, w(0, f"layers.{i}.ffn_norm.weight"), args.norm_eps))
-        held.clear()
-    outs = []
-    for s in state:
-        h = rms_norm(s[0], w(0, "norm.weight"), args.norm_eps)
-        outs.append(output(args, mp, w, h, has_output=has_output))
-    return outs
+        att = attention(args, mp, weights, i, norm(f"layers.{i}.attention_norm.weight", hs), freqs, masks)
+        hs = [h + o for h, o in zip(hs, att)]
+        ff = feed_forward(mp, weights, i, norm(f"layers.{i}.ffn_norm.weight", hs))
+        hs = [h + o for h, o in zip(hs, ff)]
+    return output(args, mp, weights, norm("norm.weight", hs), has_output=has_output)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from llamakit.convert import meta
+from llamakit.convert import entries
 
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(meta, "PART_BYTES", 1024)
+    monkeypatch.setattr(entries, "PART_BYTES", 1024)

@@ -60,27 +60,24 @@ def _setup(factor: float):
     fs_init.initialize_model_parallel(dist.get_world_size())
     import llama_models.llama3.model as M
 
-    meta_scaling = M.apply_scaling
-
-    def apply_scaling(freqs):  # Meta's function as published, or with its hard-coded 8 replaced by `factor`
-        return meta_scaling(freqs) if factor == 8 else _scaled(freqs, factor)
-
-    M.apply_scaling = apply_scaling
+    if factor != 8:
+        M.apply_scaling = _with_scale_factor(M.apply_scaling, factor)
     return M
 
 
-def _scaled(freqs, factor):
-    # llama-models 0.3.0 apply_scaling, line for line, with scale_factor a parameter (the rest unchanged)
-    import math
+def _with_scale_factor(apply_scaling, factor: float):
+    """Meta's own `apply_scaling` with the scale factor it hard-codes (the constant 8) replaced by `factor`.
 
-    scale_factor, low_freq_factor, high_freq_factor, old_context_len = factor, 1, 4, 8192
-    low_freq_wavelen = old_context_len / low_freq_factor
-    high_freq_wavelen = old_context_len / high_freq_factor
-    wavelen = 2 * math.pi / freqs
-    new_freqs = torch.where(wavelen > low_freq_wavelen, freqs / scale_factor, freqs)
-    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
-    return torch.where((wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen),
-                       (1 - smooth) * new_freqs / scale_factor + smooth * new_freqs, new_freqs)
+    The function object is rebuilt from Meta's compiled code with that one constant swapped, so the formula
+    run is Meta's as published, not a copy of it; the constants are checked first (llama-models 0.3.0:
+    scale_factor 8, low_freq_factor 1, high_freq_factor 4, old_context_len 8192, and the 2 of 2π)."""
+    import types
+
+    code = apply_scaling.__code__
+    if code.co_consts != (None, 8, 1, 4, 8192, 2):
+        raise RuntimeError(f"llama-models' apply_scaling is not 0.3.0's (constants {code.co_consts})")
+    consts = tuple(factor if c == 8 and type(c) is int else c for c in code.co_consts)
+    return types.FunctionType(code.replace(co_consts=consts), apply_scaling.__globals__, apply_scaling.__name__)
 
 
 def _model_args(shape: str):

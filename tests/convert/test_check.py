@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from llamakit.convert import check, convert, keymap
 from llamakit.convert.detect import open_source
-from llamakit.errors import EquivalenceError
+from llamakit.errors import CheckIncomplete, EquivalenceError
 
 pytestmark = pytest.mark.usefixtures("small_blocks")
 
@@ -30,16 +30,18 @@ def _rewrite(d, fn):
     save_file(sd, d / "model.safetensors", metadata={"format": "pt"})
 
 
-def test_layerwise_and_whole_model_agree(converted):
+def test_streamed_and_whole_model_agree(converted):
+    """The streamed HF side (transformers' model, linear layers reading row blocks) gives from_pretrained's logits."""
     source, out = converted
-    whole = check.compare(source, out, "hf", layerwise=False)
-    layered = check.compare(source, out, "hf", layerwise=True)
-    assert "layer by layer" in layered.result and "layer by layer" not in whole.result
-    assert whole.top1 == layered.top1 == 1.0
-    tokens = check.token_batch(source.arch.vocab_size)
-    a, _ = check.hf_logits(out, tokens, layerwise=False)
-    b, _ = check.hf_logits(out, tokens, layerwise=True)
-    assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+    whole = check.compare(source, out, "hf", whole_model=True)
+    streamed = check.compare(source, out, "hf")
+    assert "streamed" in streamed.result and "streamed" not in whole.result
+    assert whole.top1 == streamed.top1 == 1.0
+    tokens, positions = check.spread_batch(source.arch.vocab_size)
+    for pos in (None, positions):
+        a, _ = check.hf_logits(out, tokens, whole_model=True, positions=pos)
+        b, _ = check.hf_logits(out, tokens, positions=pos)
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
 
 
 def test_check_catches_the_gqa_permutation_bug(converted, tmp_path):
@@ -114,35 +116,42 @@ def _edit_config(d, fn):
     (d / "config.json").write_text(json.dumps(cfg))
 
 
+def _wrong_rope_is_caught(source, out, key: str, value: float) -> EquivalenceError:
+    def edit(cfg):
+        cfg["rope_parameters"][key] = value
+
+    _edit_config(out, edit)
+    with pytest.raises(EquivalenceError) as exc:
+        check.compare(source, out, "hf")
+    return exc.value
+
+
 def test_spread_positions_see_a_wrong_rope_factor_for_a_llama32_small_model(tmp_path):
-    """A converter writing Meta's hard-coded factor 8 for a 3.2 1B/3B is caught (with Meta's original context of
-    8192, only the spread batch sees it: test_meta_oracle.py shows that on Meta's own code)."""
+    """A converter writing Meta's hard-coded factor 8 for a 3.2 1B/3B is caught, and by the spread batch: with
+    Meta's original context of 8192 the consecutive batch cannot see it (test_meta_oracle.py shows that on Meta's
+    own code)."""
     source, out = _converted_sharp(tmp_path, "tied")
     assert source.arch.rope_scaling["factor"] == 32.0 and source.arch.tied
     good = check.compare(source, out, "hf")
     assert good.spread_max_abs <= good.tol and good.spread_positions[-1] >= 100_000
-
-    def factor_8(cfg):
-        cfg["rope_parameters"]["factor"] = 8.0
-
-    _edit_config(out, factor_8)
-    with pytest.raises(EquivalenceError):
-        check.compare(source, out, "hf")
+    bad = _wrong_rope_is_caught(source, out, "factor", 8.0)
+    tokens = check.token_batch(source.arch.vocab_size)
+    near = (check.reference_logits(source, tokens) - check.hf_logits(out, tokens)[0]).abs().max().item()
+    assert near <= bad.tol < bad.max_abs  # consecutive positions agree; only the spread ones fail
 
 
 def test_check_catches_llama2_theta_on_a_llama3_model(tmp_path):
     source, out = _converted_sharp(tmp_path, "gqa")
-
-    def theta_1e4(cfg):
-        cfg["rope_parameters"]["rope_theta"] = 10000.0
-
-    _edit_config(out, theta_1e4)
-    with pytest.raises(EquivalenceError):
-        check.compare(source, out, "hf")
+    _wrong_rope_is_caught(source, out, "rope_theta", 10000.0)
 
 
 def test_check_catches_a_dropped_tie_word_embeddings(tmp_path):
+    """Without tie_word_embeddings transformers builds an untied lm_head, which the files do not hold: from_pretrained
+    would initialise it at random (logits disagree), the streamed check names the missing tensor."""
     source, out = _converted_sharp(tmp_path, "tied")
     _edit_config(out, lambda cfg: cfg.pop("tie_word_embeddings"))  # transformers then defaults to untied
-    with pytest.raises(EquivalenceError):
+    with pytest.raises(CheckIncomplete, match="lacks 'lm_head.weight'") as exc:
         check.compare(source, out, "hf")
+    assert exc.value.exit_code == 1
+    with pytest.raises(EquivalenceError):
+        check.compare(source, out, "hf", whole_model=True)

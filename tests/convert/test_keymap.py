@@ -9,7 +9,7 @@ from llamakit.convert import keymap
 from llamakit.catalog import get_release
 from llamakit.convert.arch import meta_ffn_dim, meta_ffn_params
 from llamakit.convert.decide import catalog_matches
-from llamakit.convert.meta import plan_shards
+from llamakit.convert.meta_plan import plan_shards
 from llamakit.errors import UnknownKeyError
 
 

@@ -111,7 +111,7 @@ def test_convert_check_can_run_meta_code_as_its_meta_side(tmp_path):
     meta_oracle.launch("write", tmp_path / "meta", "llama3.2-1b", _factor("llama3.2-1b"), tmp_path / "batches.pt",
                        tmp_path / "m.pt", nproc=2)
     r = convert(tmp_path / "meta", tmp_path / "hf", reference="meta", show_progress=False)
-    assert r.check["source"].startswith("Meta's llama-models 0.3.0 code") and r.check["result"] == "transformers"
+    assert r.check["source"].startswith("Meta's llama-models 0.3.0 code") and r.check["result"] == "transformers (streamed)"
     assert r.check["max_abs"] <= r.check["tol"] and "llama-models 0.3.0" in r.summary_line()
     back = convert(tmp_path / "hf", tmp_path / "meta2", to="meta", mp=2, reference="meta", show_progress=False)
     assert back.check["result"].startswith("Meta's llama-models 0.3.0 code (result, MP 2")
