@@ -108,3 +108,25 @@ def test_maverick_fp8_is_refused_naming_the_bf16_release(tmp_path):
         convert(tmp_path, tmp_path.parent / "out", show_progress=False)
     msg = str(err.value) + " " + (err.value.fix or "")
     assert "llama-4-maverick-17b-128e-instruct-fp8" in msg and "bf16 release llama-4-maverick-17b-128e-instruct" in msg
+
+
+def test_405b_fp8_is_refused_naming_the_bf16_releases(tmp_path):
+    from llamakit.convert.fp8 import refuse_fp8
+    from llamakit.errors import ConversionError
+
+    (tmp_path / "fp8_scales_0.pt").write_bytes(b"")
+    with pytest.raises(ConversionError) as err:
+        refuse_fp8(tmp_path, {"dim": 16384, "n_layers": 126})
+    assert "llama-3.1-405b-fp8" in str(err.value) and "bf16 release llama-3.1-405b or" in err.value.fix
+
+
+def test_info_shows_the_moe_and_layer_facts():
+    from typer.testing import CliRunner
+
+    from llamakit.cli import app
+
+    res = CliRunner().invoke(app, ["info", "llama-4-maverick-17b-128e"], env={"COLUMNS": "120"})
+    assert res.exit_code == 0, res.output
+    for fact in ("num_experts", "128", "interleave_moe_layer_step", "expert width (HF intermediate_size)", "8192",
+                 "kind", "llama4", "nope_layer_interval", "attention_chunk_size"):
+        assert fact in res.output
