@@ -185,6 +185,8 @@ class Llama4Arch:
             "num_local_experts": self.num_experts, "num_experts_per_tok": self.top_k,
             "interleave_moe_layer_step": self.moe_step, "moe_layers": self.moe_layers,
             "no_rope_layers": [int(self.uses_rope(i)) for i in range(self.n_layers)],
+            # stated too: with fewer layers than the interval the list alone cannot say it
+            "no_rope_layer_interval": self.nope_interval or 2 * self.n_layers,
             "use_qk_norm": self.use_qk_norm, "attention_chunk_size": self.attention_chunk_size,
             "attn_temperature_tuning": self.attn_temperature_tuning, "floor_scale": int(self.floor_scale),
             "attn_scale": self.attn_scale, "rms_norm_eps": self.norm_eps, "rope_parameters": rope,
@@ -212,7 +214,8 @@ class Llama4Arch:
         interval = int(c.get("no_rope_layer_interval", 4))
         if norope:
             off = [i for i, use in enumerate(norope) if not use]
-            interval = off[0] + 1 if off else None
+            # no NoPE layer: the stated interval when the model is too short to show one, else none at all
+            interval = off[0] + 1 if off else (interval if interval > n else None)
             if interval and off != [i for i in range(n) if (i + 1) % interval == 0]:
                 raise ConversionError(f"no_rope_layers {norope} is not every Nth layer: Meta's code cannot express it", path=path)
         rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
