@@ -336,6 +336,7 @@ class ErratumWhen(_Strict):
     tied: Optional[bool] = None  # output.weight absent, or byte-equal to the embedding
     output: Optional[Literal["absent", "same_as_embedding", "distinct"]] = None
     legacy_embedding: Optional[bool] = None
+    moe: Optional[bool] = None  # a mixture-of-experts (Llama 4) source; Llama 1-3 sources are never one
 
 
 class ErratumSays(_Strict):

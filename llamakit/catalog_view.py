@@ -95,9 +95,11 @@ def info_panel(info: dict[str, Any]) -> Panel:
         _kv_table("HF config.json", info["hf_config"]),
         _kv_table("Meta params.json", info["params_json"]),
     ]
-    for extra in ("moe", "vision"):
+    if "moe" in info:  # the experts' width is derived (catalog.MoE), shown beside the params it comes from
+        parts.append(_kv_table("moe", {**info["moe"], "expert width (HF intermediate_size)": info.get("expert_intermediate_size")}))
+    for extra, title in (("vision", "vision"), ("params_extra", "layer options (params.json)")):
         if extra in info:
-            parts.append(_kv_table(extra, info[extra]))
+            parts.append(_kv_table(title, info[extra]))
     src = info.get("sources", {})
     rows: dict[str, Any] = {}
     if "hf" in src:

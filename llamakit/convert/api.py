@@ -40,9 +40,12 @@ class ConvertResult:
     def summary_line(self) -> str:
         shards = f" MP {self.mp_out}" if self.dst_format == "meta" else ""
         src_mp = f" (MP {self.mp_in})" if self.src_format == "meta" else ""
-        check = (f"check: max |Δlogit| {self.check['max_abs']:.2e} ≤ {self.check['tol']:.1e} (positions to "
-                 f"{max(self.check.get('spread_positions') or [15])}), top-1 {self.check['top1']:.1%}, "
-                 f"{self.check['source']} vs {self.check['result']}") if self.check else "check: skipped (--no-check)"
+        if self.check and self.check.get("kind") == "inverse":  # Llama 4 (convert/llama4_io.py)
+            check = f"check: all {self.check['tensors']} tensors read back bit-identical through the inverse map"
+        else:
+            check = (f"check: max |Δlogit| {self.check['max_abs']:.2e} ≤ {self.check['tol']:.1e} (positions to "
+                     f"{max(self.check.get('spread_positions') or [15])}), top-1 {self.check['top1']:.1%}, "
+                     f"{self.check['source']} vs {self.check['result']}") if self.check else "check: skipped (--no-check)"
         known = f", as {self.catalog[0]}" + (f" (+{len(self.catalog) - 1})" if len(self.catalog) > 1 else "") if self.catalog else ""
         known += f"; errata applied: {', '.join(self.errata)}" if self.errata else ""
         return (f"converted {self.src_format}{src_mp} → {self.dst_format}{shards}: {self.n_tensors} tensors, "
@@ -89,6 +92,14 @@ def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", che
 
     # A Meta -> HF conversion that neither casts nor checks only copies bytes: it never needs torch.
     source = detect.open_source(src, torch_free=to == "hf" and cast is None and not check)
+    if getattr(source, "family", None) == "llama4":  # Meta's fused Llama 4 layout: convert/llama4*.py
+        if reference == "meta":
+            raise UsageError("--reference meta runs Meta's Llama 1-3 code; a Llama 4 conversion is checked by "
+                             "reading it back bit-identical", fix="drop --reference meta")
+        from llamakit.convert import llama4_io
+
+        return llama4_io.convert(source, dst, to=to, mp=mp, cast=cast, max_shard_size=max_shard_size, check=check,
+                                 force=force, show_progress=show_progress, t0=t0)
     arch = source.arch
     mp_out = mp or (source.mp if source.fmt == "meta" else 1)
     if to == "meta":

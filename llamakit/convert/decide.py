@@ -75,7 +75,7 @@ def catalog_matches(arch: Arch) -> list:
 
 def _when_holds(when, facts: Facts, tied: bool) -> bool:
     checks = {"use_scaled_rope": facts.use_scaled_rope, "tied": tied, "output": facts.output,
-              "legacy_embedding": facts.base.legacy_embedding}
+              "legacy_embedding": facts.base.legacy_embedding, "moe": False}  # Llama 4 decides in convert/llama4.py
     return all(getattr(when, k) is None or getattr(when, k) == v for k, v in checks.items())
 
 

@@ -67,11 +67,22 @@ def open_source(src: Path, *, torch_free: bool = False):
     if fmt == "meta":
         from llamakit.convert.meta import MetaSource
 
+        params = _json_or_none(path / "params.json")
+        if params is not None:
+            from llamakit.convert import llama4
+
+            if llama4.is_llama4_params(params):  # Llama 4's shipped layout has its own reader (convert/llama4.py)
+                return llama4.open_meta(path, params)
+
         return MetaSource(path, torch_free=torch_free)  # decides in plan_shards: its facts need the shards
     from llamakit.convert.decide import Facts, decide
 
     if fmt == "hf":
+        from llamakit.convert import llama4
         from llamakit.convert.hf import HFSource
+
+        if llama4.is_llama4_config(path / "config.json"):
+            return llama4.Llama4HFSource(path)
 
         source = HFSource(path, legacy_embedding=hf_uses_sentencepiece(path))
         output = "absent" if source.arch.tied else "distinct"  # config.json states it
@@ -83,3 +94,12 @@ def open_source(src: Path, *, torch_free: bool = False):
     source.decision = decide(Facts(source.arch, source.arch.rope_scaling is not None, output, context_given=True))
     source.arch, source.catalog = source.decision.arch, source.decision.catalog
     return source
+
+
+def _json_or_none(path: Path):
+    """A JSON object file's content, or None (the regular reader then names what is wrong with it)."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None

@@ -146,3 +146,78 @@ def hf_row_order(rule: Rule, n_rows: int, head_dim: int) -> list[int]:
     import numpy as np
 
     return to_hf_layout(rule, np.arange(n_rows).reshape(n_rows, 1), head_dim).reshape(n_rows).tolist()
+
+
+# --- Llama 4 (Scout, Maverick): the layout Meta ships ⇄ transformers' Llama4 ------------------------
+# Meta's Llama 4 files store fused tensors that llama-models' load hooks split into its modules
+# (llama4/model.py Attention + TransformerBlock, ffn.py, moe.py). Each row relates ONE shipped Meta
+# tensor to one HF tensor, or to the part of one HF tensor it fills:
+#   take   the shipped tensor of each MP shard is a dim-0 concatenation of sections ("qkv": that shard's
+#          q, k and v rows; "halves": w1 then w3) and this row is section `index` of it;
+#   experts the shipped tensor is 2-D (e·X, Y) and means (e, X, Y) (the `view` in moe.py's hook);
+#   split  the dim along which MP shards hold pieces of the merged tensor (after the experts view);
+#   transpose HF stores the transpose (router: Meta D×E, HF E×D);
+#   slot   HF concatenates several rows along its last dim (experts.gate_up_proj = [w1 | w3]).
+# No rotary permutation: transformers' Llama 4 rotates interleaved pairs (view_as_complex) as Meta does.
+# HF names are the text model's (Llama4ForCausalLM); the multimodal layout prefixes "language_model.".
+
+
+@dataclass(frozen=True)
+class L4Rule:
+    meta: str
+    hf: str
+    split: int | None
+    layers: str = "all"  # "all" | "moe" | "dense": which decoder layers have the tensor
+    take: tuple[str, int] | None = None
+    experts: bool = False
+    transpose: bool = False
+    slot: int | None = None
+
+
+_FF = "layers.{i}.feed_forward."
+_HF_FF = "model.layers.{i}.feed_forward."
+LLAMA4_RULES: tuple[L4Rule, ...] = (
+    L4Rule("tok_embeddings.weight", "model.embed_tokens.weight", 0),
+    L4Rule("layers.{i}.attention.wqkv.layer_norm_weight", "model.layers.{i}.input_layernorm.weight", None),
+    L4Rule("layers.{i}.attention.wqkv.weight", "model.layers.{i}.self_attn.q_proj.weight", 0, take=("qkv", 0)),
+    L4Rule("layers.{i}.attention.wqkv.weight", "model.layers.{i}.self_attn.k_proj.weight", 0, take=("qkv", 1)),
+    L4Rule("layers.{i}.attention.wqkv.weight", "model.layers.{i}.self_attn.v_proj.weight", 0, take=("qkv", 2)),
+    L4Rule("layers.{i}.attention.wo.weight", "model.layers.{i}.self_attn.o_proj.weight", 1),
+    # dense layers (every layer of a model without MoE; between Maverick's MoE layers)
+    L4Rule(_FF + "mlp.layer_norm_weight", "model.layers.{i}.post_attention_layernorm.weight", None, "dense"),
+    L4Rule(_FF + "mlp.fc1_weight", _HF_FF + "gate_proj.weight", 0, "dense", take=("halves", 0)),
+    L4Rule(_FF + "mlp.fc1_weight", _HF_FF + "up_proj.weight", 0, "dense", take=("halves", 1)),
+    L4Rule(_FF + "mlp.fc2_weight", _HF_FF + "down_proj.weight", 1, "dense"),
+    # MoE layers: router, shared expert, routed experts
+    L4Rule(_FF + "norm.weight", "model.layers.{i}.post_attention_layernorm.weight", None, "moe"),
+    L4Rule(_FF + "router_DE", _HF_FF + "router.weight", None, "moe", transpose=True),
+    L4Rule(_FF + "w_in_shared_FD.weight", _HF_FF + "shared_expert.gate_proj.weight", 0, "moe"),
+    L4Rule(_FF + "w_swiglu_FD.weight", _HF_FF + "shared_expert.up_proj.weight", 0, "moe"),
+    L4Rule(_FF + "w_out_shared_DF.weight", _HF_FF + "shared_expert.down_proj.weight", 1, "moe"),
+    L4Rule(_FF + "experts.moe_w_in_eD_F", _HF_FF + "experts.gate_up_proj", 2, "moe", experts=True, slot=0),
+    L4Rule(_FF + "experts.moe_w_swiglu_eD_F", _HF_FF + "experts.gate_up_proj", 2, "moe", experts=True, slot=1),
+    L4Rule(_FF + "experts.moe_w_out_eF_D", _HF_FF + "experts.down_proj", 1, "moe", experts=True),
+    L4Rule("norm.weight", "model.norm.weight", None),
+    L4Rule("output.weight", "lm_head.weight", 0),
+)
+# Shipped entries Meta's hooks discard (TransformerBlock.load_hook, Transformer.load_hook) and router
+# statistics transformers' converter drops: not weights of the model.
+LLAMA4_DROPPED = re.compile(r"(^|\.)(_extra_state|global_gate_stats_3E|running_gate_stats_3E|expert_activation_DE)$"
+                            r"|^rope\.freqs$")
+
+
+def llama4_layer_rules(kind: str) -> list[L4Rule]:
+    """The per-layer rules of a dense ("dense") or MoE ("moe") decoder layer, in model order."""
+    return [r for r in LLAMA4_RULES if "{i}" in r.meta and r.layers in ("all", kind)]
+
+
+def llama4_lookup(key: str, fmt: str, *, path=None) -> list[tuple[L4Rule, int | None]]:
+    """Every Llama 4 rule naming `key` in `fmt` ('meta' | 'hf'), with its layer index; UnknownKeyError if none."""
+    found = []
+    for rule in LLAMA4_RULES:
+        m = _compile(getattr(rule, fmt)).match(key)
+        if m:
+            found.append((rule, int(m.group("i")) if "i" in m.groupdict() else None))
+    if not found:
+        raise UnknownKeyError(key, path=path, direction=f"Llama 4 {fmt} checkpoint")
+    return found

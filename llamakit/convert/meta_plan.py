@@ -3,7 +3,7 @@
 `plan_shards` is the pure part: from params.json and each shard's {key: shape} it derives the
 model-parallel degree, how tok_embeddings was split, the full shape of every tensor and the `Arch`
 (decided in decide.py), or says precisely what is inconsistent. `shard_files` finds the shards,
-`refuse_fp8` turns away the FP8 releases. The I/O (reading the shards) is meta.py's.
+`refuse_fp8` (convert/fp8.py) turns away the FP8 releases. The I/O (reading the shards) is meta.py's.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from llamakit.convert import keymap
 from llamakit.convert.arch import Arch, meta_ffn_dim
 from llamakit.convert.decide import Decision, Facts, Output, decide, rope_from_params
 from llamakit.convert.entries import Entry, expected_shapes
+from llamakit.convert.fp8 import refuse_fp8  # noqa: F401 - one FP8 refusal for Llama 3 and 4 (convert/fp8.py)
 from llamakit.errors import ConversionError, InputFileError
 
 if TYPE_CHECKING:
@@ -131,24 +132,3 @@ def plan_shards(params: dict, shards: list[dict[str, tuple[tuple[int, ...], "tor
             raise ConversionError(f"'{key}' merges to {shape}, params.json implies {expected[key]}", path=where)
     entries = [Entry(k, expected[k], full[k][1]) for k in expected]
     return ShardPlan(arch, n, entries, split_dims, decision, "output.weight" in full)
-
-
-def refuse_fp8(directory: Path, params: dict) -> None:
-    """Meta's FP8 releases (Llama 3.1 405B FP8) keep fp8 weights with per-row scales in fp8_scales_N.pt beside each
-    shard, for Meta's fp8 inference kernels; neither transformers' Llama nor Meta's bf16 layout holds them."""
-    scales = sorted(p.name for p in directory.glob("fp8_scales_*.pt"))
-    if not scales:
-        return
-    from llamakit import catalog
-    from llamakit.errors import LlamakitError
-
-    try:
-        names = [r.name for r in catalog.list_releases() if r.quantization and r.quantization.startswith("fp8")
-                 and (r.meta.dim, r.meta.n_layers) == (params.get("dim"), params.get("n_layers"))]
-    except LlamakitError:
-        names = []
-    what = f" ({' / '.join(names)})" if names else ""
-    raise ConversionError(f"an FP8 checkpoint{what}: {scales[0]} holds fp8 scales that neither transformers' Llama nor "
-                          "Meta's bf16 layout can take", path=directory,
-                          fix="fetch and convert the bf16 release instead (e.g. `llamakit fetch llama-3.1-405b`, MP8, "
-                              "or llama-3.1-405b-mp16), or use Meta's fp8 inference code as is")
