@@ -205,22 +205,13 @@ def write_hf(source, out: Path, *, dtype, max_shard_size, progress: Callable[[st
     """Sharded safetensors (+ index) of `source`; returns the files written."""
     import math
 
-    from huggingface_hub.serialization import split_state_dict_into_shards_factory
-
     arch = source.arch
     plan: dict[str, tuple[Entry, keymap.Rule]] = {}
     for e in source.entries():
         rule, layer = keymap.lookup(e.name, "meta")
         plan[keymap.name_of(rule, "hf", layer)] = (e, rule)
     out_dtype = {hf: dtype or e.dtype for hf, (e, _) in plan.items()}
-    # split_torch_state_dict_into_shards is this factory with torch getters, which import torch.distributed
-    # (seconds) to rule out DTensors; our planned tensors are plain, and their sizes are known from shapes.
     sizes = {hf: math.prod(e.shape) * out_dtype[hf].itemsize for hf, (e, _) in plan.items()}
-    try:
-        split = split_state_dict_into_shards_factory(sizes, get_storage_size=lambda n: n, max_shard_size=max_shard_size,
-                                                     filename_pattern="model{suffix}.safetensors")
-    except ValueError as exc:
-        raise UsageError(f"bad --max-shard-size {max_shard_size!r} ({exc})", fix="use a size like 5GB or 500MB") from None
 
     def produce(names):
         for hf in names:
@@ -237,9 +228,25 @@ def write_hf(source, out: Path, *, dtype, max_shard_size, progress: Callable[[st
                 yield hf, _hf_parts(source, e, rule, rows, out_dtype[hf], arch.head_dim)
             progress(hf, e.nbytes)
 
+    return write_shards(out, sizes, lambda hf: (plan[hf][0].shape, out_dtype[hf]), produce, max_shard_size)
+
+
+def write_shards(out: Path, sizes: dict[str, int], spec_of, produce, max_shard_size) -> list[Path]:
+    """Plan shards by byte size, write and verify each file (`produce(names)` yields each name's
+    blocks), then the index when there is more than one; returns the files written. Every HF
+    writer (Llama 3 and Llama 4) goes through here."""
+    from huggingface_hub.serialization import split_state_dict_into_shards_factory
+
+    # split_torch_state_dict_into_shards is this factory with torch getters, which import torch.distributed
+    # (seconds) to rule out DTensors; our planned tensors are plain, and their sizes are known from shapes.
+    try:
+        split = split_state_dict_into_shards_factory(sizes, get_storage_size=lambda n: n, max_shard_size=max_shard_size,
+                                                     filename_pattern="model{suffix}.safetensors")
+    except ValueError as exc:
+        raise UsageError(f"bad --max-shard-size {max_shard_size!r} ({exc})", fix="use a size like 5GB or 500MB") from None
     written = []
     for filename, names in split.filename_to_tensors.items():
-        specs = [(hf, plan[hf][0].shape, out_dtype[hf]) for hf in names]
+        specs = [(n, *spec_of(n)) for n in names]
         write_safetensors(out / filename, specs, produce(names))
         verify_safetensors(out / filename, specs)
         written.append(out / filename)

@@ -18,18 +18,10 @@ from llamakit.errors import ConversionError
 def write_hf(source, out: Path, *, dtype, max_shard_size, progress) -> list[Path]:
     import math
 
-    from huggingface_hub.serialization import split_state_dict_into_shards_factory
-
-    from llamakit.convert.hf import INDEX, verify_safetensors, write_safetensors
-    from llamakit.errors import UsageError
+    from llamakit.convert.hf import write_shards
 
     plan = {name: (shape, dtype or dt, blocks) for name, shape, dt, blocks in source.hf_tensors()}
     sizes = {n: math.prod(s) * d.itemsize for n, (s, d, _) in plan.items()}
-    try:
-        split = split_state_dict_into_shards_factory(sizes, get_storage_size=lambda n: n, max_shard_size=max_shard_size,
-                                                     filename_pattern="model{suffix}.safetensors")
-    except ValueError as exc:
-        raise UsageError(f"bad --max-shard-size {max_shard_size!r} ({exc})", fix="use a size like 5GB or 500MB") from None
 
     def produce(names):
         for n in names:
@@ -37,17 +29,7 @@ def write_hf(source, out: Path, *, dtype, max_shard_size, progress) -> list[Path
             yield n, (b if b.dtype == dt else b.to(dt) for b in blocks())
             progress(n, sizes[n])
 
-    written = []
-    for filename, names in split.filename_to_tensors.items():
-        specs = [(n, plan[n][0], plan[n][1]) for n in names]
-        write_safetensors(out / filename, specs, produce(names))
-        verify_safetensors(out / filename, specs)
-        written.append(out / filename)
-    if split.is_sharded:
-        index = {"metadata": split.metadata, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
-        (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-        written.append(out / INDEX)
-    return written
+    return write_shards(out, sizes, lambda n: plan[n][:2], produce, max_shard_size)
 
 
 def write_meta(source, out: Path, *, mp: int, dtype, progress) -> list[Path]:
