@@ -1,4 +1,4 @@
-from llamakit.cli import main
+from llamakit.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

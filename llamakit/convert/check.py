@@ -9,7 +9,7 @@ a config.json that says the wrong rope factor, θ, eps or tying fails the check.
 compute in float32 so a lossless conversion differs only by float reassociation; a
 --dtype cast is judged against a tolerance that matches the precision it cast to.
 
-Two batches: random tokens at positions 0..15, and a short one whose position ids are
+Two batches: 16 random tokens at positions 0..15, and a short one whose position ids are
 spread from 0 to ~100k. RoPE is relative, so only the second makes query-key distances
 reach the long wavelengths llama3 scaling rescales (factor 8 vs 32 differ by ~1e-6 in
 the first batch of a tiny model, by ~0.5 in the second).
@@ -18,9 +18,13 @@ Both sides stream their weights in row blocks from the mapped files (stream.py):
 side through `reference.forward_batches`, the HF side through transformers' own model built
 from config.json with its linear layers reading the safetensors files a block at a time
 (hf_forward.py). Each block is read once for all batches, so the check's memory is one block
-of one tensor (PART_BYTES of float32) plus activations, for a tiny model as for 405B, and its
+of one tensor (stream.CHECK_BLOCK_BYTES of float32) plus activations, for a tiny model as for 405B, and its
 time is one pass over each side's bytes. `whole_model=True` loads the HF side with
 `from_pretrained` instead (tests show both give the same logits).
+
+`compare` is `source_side` then `finish`. `convert` calls them apart: the source side reads
+only the source, so it runs on a worker thread while the weights are written; `finish` runs
+the result side on the written files and compares.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ class CheckReport:
                 f"({self.source} vs {self.result})")
 
 
-def token_batch(vocab_size: int, *, batch: int = 2, seq: int = 16, seed: int = 0) -> torch.Tensor:
+def token_batch(vocab_size: int, *, batch: int = 1, seq: int = 16, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (batch, seq), generator=g)
 
@@ -151,25 +155,55 @@ def _side(source, batches, whole_model, what: str, *, hf_dir: Path | None = None
     return reference_logits_many(source, batches), name
 
 
-def compare(source, result_dir: Path, to: str, *, cast=None, whole_model: bool = False,
-            report_path: Path | None = None, reference_code: str = "llamakit") -> CheckReport:
-    """Run both batches through `source` and through the written `result_dir`; raise if they disagree."""
-    tokens = token_batch(source.arch.vocab_size)
-    spread_tokens, positions = spread_batch(source.arch.vocab_size)
-    batches = [(tokens, None), (spread_tokens, positions)]
-    (a, a2), a_name = _side(source, batches, whole_model, "source", reference_code=reference_code)
+@dataclass
+class SourceSide:
+    """The source's logits for the check's batches, computed before (or while) the result is written."""
+
+    batches: list
+    logits: list[torch.Tensor]
+    name: str
+    whole_model: bool
+    reference_code: str
+
+
+def check_batches(vocab_size: int) -> list:
+    tokens = token_batch(vocab_size)
+    spread_tokens, positions = spread_batch(vocab_size)
+    return [(tokens, None), (spread_tokens, positions)]
+
+
+def source_side(source, *, whole_model: bool = False, reference_code: str = "llamakit") -> SourceSide:
+    """The first half of `compare`: it reads only the source, so convert runs it while the weights are written."""
+    batches = check_batches(source.arch.vocab_size)
+    logits, name = _side(source, batches, whole_model, "source", reference_code=reference_code)
+    return SourceSide(batches, logits, name, whole_model, reference_code)
+
+
+def finish(side: SourceSide, source, result_dir: Path, to: str, *, cast=None,
+           report_path: Path | None = None) -> CheckReport:
+    """The second half of `compare`: the written result's logits against the source's; raise if they disagree."""
+    batches = side.batches
     if to == "hf":
-        (b, b2), b_name = _side(None, batches, whole_model, "result", hf_dir=result_dir)
+        (b, b2), b_name = _side(None, batches, side.whole_model, "result", hf_dir=result_dir)
     else:
         from llamakit.convert.meta import MetaSource
 
-        (b, b2), b_name = _side(MetaSource(result_dir), batches, whole_model, "result", reference_code=reference_code)
+        (b, b2), b_name = _side(MetaSource(result_dir), batches, side.whole_model, "result",
+                                reference_code=side.reference_code)
+    (a, a2), a_name = side.logits, side.name
     diff1 = (a - b).abs().max().item()
     diff2 = (a2 - b2).abs().max().item()
     diff = max(diff1, diff2)
     tol = RTOL[cast] * max(1.0, a.abs().max().item(), a2.abs().max().item())
     top1 = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
-    rep = CheckReport(diff, tol, top1, a_name, b_name, list(tokens.shape), positions.tolist(), diff2)
+    rep = CheckReport(diff, tol, top1, a_name, b_name, list(batches[0][0].shape), batches[1][1].tolist(), diff2)
     if not rep.ok():
         raise EquivalenceError(diff, tol, top1, path=report_path or result_dir)
     return rep
+
+
+def compare(source, result_dir: Path, to: str, *, cast=None, whole_model: bool = False,
+            report_path: Path | None = None, reference_code: str = "llamakit") -> CheckReport:
+    """Run both batches through `source` and through the written `result_dir`; raise if they disagree."""
+    side = source_side(source, whole_model=whole_model, reference_code=reference_code)
+    return finish(side, source, result_dir, to, cast=cast, report_path=report_path)

@@ -8,6 +8,7 @@ public names are importable from here too.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -55,15 +56,12 @@ class MetaSource:
         refuse_fp8(self.path, self.params)
         self._files = files
         self._index = [read_index(f) for f in files]
-        self._loaded = None if torch_free else [load_pth(f) for f in files]
+        self._loaded = None
+        self._loading = threading.Lock()  # the writer and the check's worker thread may both ask first
         if torch_free:
             shapes = [{k: (r.shape, r.dtype) for k, r in ix.items()} for ix in self._index]
         else:
-            shapes = [{k: (tuple(t.shape), t.dtype) for k, t in s.items()} for s in self._loaded]
-            for f, ix, sh in zip(files, self._index, shapes):
-                if {k: r.shape for k, r in ix.items()} != {k: v[0] for k, v in sh.items()}:
-                    raise InputFileError("the zip records and torch.load disagree on the tensors", path=f,
-                                         fix="re-download it and check it against checklist.chk (`llamakit verify`)")
+            shapes = [{k: (tuple(t.shape), t.dtype) for k, t in s.items()} for s in self._shards]
         from llamakit.convert.tokenizer import find_meta_tokenizer, tokenizer_kind
 
         self.tokenizer_path = find_meta_tokenizer(self.path)
@@ -83,6 +81,8 @@ class MetaSource:
         if any(str(o.dtype) != str(e.dtype) for o, e in zip(out, emb)):
             return False
         if not all(o.contiguous and e.contiguous and o.shape == e.shape for o, e in zip(out, emb)):
+            if self._first_rows_differ(out, emb):  # an untied model: known from a few KiB, without torch
+                return False
             import torch  # a dim-split (Llama 1/2) embedding or an unusual layout: compare merged tensors
 
             return torch.equal(self._merged("output.weight"), self._merged("tok_embeddings.weight"))
@@ -97,6 +97,25 @@ class MetaSource:
                 os.close(fd)
         return True
 
+    def _first_rows_differ(self, out, emb) -> bool:
+        """Row 0 of output.weight (vocab-split: shard 0's first row) against row 0 of a dim-split embedding
+        (each shard's first row, concatenated), compared as bytes. False when they agree or the layout is not
+        those two contiguous splits: the caller then compares whole tensors."""
+        dim = int(self.params["dim"])
+        if not all(r.contiguous and len(r.shape) == 2 for r in out + emb) or out[0].shape[1] != dim \
+                or sum(e.shape[1] for e in emb) != dim:
+            return False
+        item = out[0].nbytes // (out[0].shape[0] * dim)
+        with open(self._files[0], "rb") as f:
+            f.seek(out[0].offset)
+            first_out = f.read(dim * item)
+        first_emb = b""
+        for path, e in zip(self._files, emb):
+            with open(path, "rb") as f:
+                f.seek(e.offset)
+                first_emb += f.read(e.shape[1] * item)
+        return first_out != first_emb
+
     def _merged(self, name: str):
         import torch
 
@@ -106,9 +125,20 @@ class MetaSource:
 
     @property
     def _shards(self) -> list[dict[str, "torch.Tensor"]]:
-        if self._loaded is None:
-            self._loaded = [load_pth(f) for f in self._files]
+        """The shards as torch.load maps them, loaded on first use (a torch-free conversion may never need them;
+        the check loads them while the weights are being copied). Their tensors must be the zip records'."""
+        with self._loading:
+            if self._loaded is None:
+                self._loaded = self._load_checked()
         return self._loaded
+
+    def _load_checked(self) -> list[dict[str, "torch.Tensor"]]:
+        loaded = [load_pth(f) for f in self._files]
+        for f, ix, sh in zip(self._files, self._index, loaded):
+            if {k: r.shape for k, r in ix.items()} != {k: tuple(t.shape) for k, t in sh.items()}:
+                raise InputFileError("the zip records and torch.load disagree on the tensors", path=f,
+                                     fix="re-download it and check it against checklist.chk (`llamakit verify`)")
+        return loaded
 
     def entries(self) -> list[Entry]:
         return self.plan.entries

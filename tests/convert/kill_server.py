@@ -1,6 +1,6 @@
 """Forks `llamakit convert` CLI processes from a warm interpreter, for test_kill.py.
 
-Each child runs exactly what `python -m llamakit convert ...` runs (`llamakit.cli.main`);
+Each child runs exactly what `python -m llamakit convert ...` runs (`llamakit.cli.main`, which `entry()` calls);
 forking skips the seconds of `import torch` a fresh interpreter pays, so twenty SIGKILL
 trials fit in the default test run. The server never runs a torch op before forking,
 so no thread pool is copied into the children.

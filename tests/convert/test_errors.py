@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -145,3 +146,25 @@ def test_missing_source_and_unknown_layout(tmp_path, monkeypatch, capsys):
     (tmp_path / "junk" / "readme.txt").write_text("hi")
     code, err = run_cli(monkeypatch, capsys, tmp_path / "junk", tmp_path / "out")
     assert_refused(tmp_path, code, err, mentions=("no checkpoint found",))
+
+
+def _entry_process(tmp_path, *args) -> tuple[subprocess.CompletedProcess, bool]:
+    """`llamakit convert ARGS` through the process entry point (what the console script and `python -m llamakit`
+    run), with an atexit hook that leaves a mark: (the process, whether the interpreter's teardown ran)."""
+    mark = tmp_path / "teardown-ran"
+    code = (f"import atexit, sys\natexit.register(lambda: open({str(mark)!r}, 'w').close())\n"
+            f"sys.argv = ['llamakit', 'convert', *{[str(a) for a in args]!r}]\n"
+            "from llamakit.cli import entry\nentry()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    return proc, mark.exists()
+
+
+def test_a_finished_conversion_skips_the_interpreter_teardown_but_not_its_output(tmp_path):
+    src, _, _ = write_meta_checkpoint(tmp_path / "meta", "gqa", 2)
+    proc, teardown = _entry_process(tmp_path, src, tmp_path / "hf", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["check"]["max_abs"] >= 0  # the whole summary was flushed before os._exit
+    assert (tmp_path / "hf" / "config.json").is_file() and not teardown
+    # a refused conversion exits the ordinary way: its one line, its exit code, the teardown
+    proc, teardown = _entry_process(tmp_path, src, tmp_path / "hf")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and teardown

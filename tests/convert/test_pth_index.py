@@ -64,8 +64,9 @@ def test_anything_beyond_tensors_is_refused_without_running_it(tmp_path, monkeyp
         read_index(tmp_path / "absent.pth")
 
 
-def test_a_byte_copying_conversion_never_imports_torch(tmp_path):
-    src, _, _ = write_meta_checkpoint(tmp_path / "meta", "gqa", 2)
+@pytest.mark.parametrize("shape", ["gqa", "mha"])  # mha MP 2: Llama 1/2's dim-split embedding, told apart from
+def test_a_byte_copying_conversion_never_imports_torch(tmp_path, shape):  # output.weight by their first rows
+    src, _, _ = write_meta_checkpoint(tmp_path / "meta", shape, 2)
     ref = convert(src, tmp_path / "checked", show_progress=False)  # torch path, logits checked
     code = ("import sys; from llamakit.convert import convert; "
             f"convert({str(src)!r}, {str(tmp_path / 'plain')!r}, check=False, show_progress=False); "

@@ -65,31 +65,39 @@ def _peak_rss_delta(fn) -> int:
     return status("VmHWM") - base
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
-def test_the_check_holds_a_block_not_a_layer(tmp_path, monkeypatch):
-    """One layer of 64 MB in float32 (four 4 MB attention matrices, three 16 MB FFN ones), blocks of 256 KiB: both
-    sides of the check together stay far below one FFN matrix, where the old check held a whole layer in float32."""
-    from llamakit.convert import entries
-
-    monkeypatch.setattr(entries, "PART_BYTES", 256 << 10)
-    D, F, K, V = 1024, 4096, 256, 160
-    src = tmp_path / "meta"
+def _one_layer_checkpoint(root: Path, ffn: int) -> Path:
+    D, K, V = 1024, 256, 160
+    src = root / f"meta-{ffn}"
     src.mkdir()
-    params = dict(dim=D, n_layers=1, n_heads=8, n_kv_heads=2, vocab_size=V, multiple_of=4096, norm_eps=1e-5,
+    params = dict(dim=D, n_layers=1, n_heads=8, n_kv_heads=2, vocab_size=V, multiple_of=ffn, norm_eps=1e-5,
                   rope_theta=500000.0)
     (src / "params.json").write_text(json.dumps(params))
     shapes = {"tok_embeddings.weight": (V, D), "output.weight": (V, D), "norm.weight": (D,),
               "layers.0.attention.wq.weight": (D, D), "layers.0.attention.wk.weight": (K, D),
               "layers.0.attention.wv.weight": (K, D), "layers.0.attention.wo.weight": (D, D),
-              "layers.0.feed_forward.w1.weight": (F, D), "layers.0.feed_forward.w3.weight": (F, D),
-              "layers.0.feed_forward.w2.weight": (D, F), "layers.0.attention_norm.weight": (D,),
+              "layers.0.feed_forward.w1.weight": (ffn, D), "layers.0.feed_forward.w3.weight": (ffn, D),
+              "layers.0.feed_forward.w2.weight": (D, ffn), "layers.0.attention_norm.weight": (D,),
               "layers.0.ffn_norm.weight": (D,)}
     g = torch.Generator().manual_seed(0)
     torch.save({k: (1 + 0.1 * torch.randn(s, generator=g) if len(s) == 1 else 0.03 * torch.randn(s, generator=g))
                 .to(torch.bfloat16) for k, s in shapes.items()}, src / "consolidated.00.pth")
-    convert(src, tmp_path / "hf", check=False, show_progress=False)
-    source = open_source(src)
-    check.compare(source, tmp_path / "hf", "hf")  # imports and first-use allocations happen here, not below
-    ffn_fp32 = F * D * 4
-    grew = _peak_rss_delta(lambda: check.compare(source, tmp_path / "hf", "hf"))
-    assert grew < ffn_fp32 // 4, f"the check grew the resident set by {grew / 2**20:.1f} MiB"
+    convert(src, root / f"hf-{ffn}", check=False, show_progress=False)
+    return src
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
+def test_the_check_holds_a_block_not_a_layer(tmp_path, monkeypatch):
+    """One layer whose FFN matrices are 16 MB in float32, then the same layer with them 4x as big (a layer of
+    208 MB in float32), blocks of 256 KiB: the check's peak growth must not follow the layer (the old check held a
+    whole layer in float32), and stays well below one FFN matrix of the small layer."""
+    from llamakit.convert import entries
+
+    monkeypatch.setattr(entries, "PART_BYTES", 256 << 10)
+    grew = {}
+    for ffn in (4096, 16384):
+        source = open_source(_one_layer_checkpoint(tmp_path, ffn))
+        check.compare(source, tmp_path / f"hf-{ffn}", "hf")  # imports and first-use allocations happen here, not below
+        grew[ffn] = _peak_rss_delta(lambda: check.compare(source, tmp_path / f"hf-{ffn}", "hf"))
+    mib = {k: round(v / 2**20, 1) for k, v in grew.items()}
+    assert grew[16384] - grew[4096] < 2 << 20, f"the check's peak grew with the layer: {mib} MiB"  # 3 x 48 MB more
+    assert grew[4096] < (4096 * 1024 * 4) // 2, f"the check grew the resident set by {mib} MiB"
