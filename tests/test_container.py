@@ -111,7 +111,7 @@ def _in_order(needles: list[str], haystack: list[str]) -> bool:
 def test_the_recipe_parser_reads_the_makefile():
     setup = _make_setup()
     assert setup[0] == "python3 -m venv .venv" and setup[-1] == "touch .venv/.installed"
-    assert "pip check" in " ".join(setup) and len(setup) == 6
+    assert "pip check" in " ".join(setup) and len(setup) == 7
 
 
 def test_cpu_image_installs_exactly_as_make_setup():
