@@ -202,9 +202,6 @@ class Llama4Arch:
         except (OSError, ValueError) as exc:
             raise InputFileError(f"unreadable config.json: {exc}", path=path) from None
         c = raw.get("text_config", raw) if raw.get("model_type") == "llama4" else raw
-        if raw.get("model_type") == "llama4" and raw.get("vision_config"):
-            raise ConversionError("a Llama 4 model with a vision encoder: llamakit converts the Llama 4 text model only "
-                                  "so far", path=path, fix="convert a text-only Llama4ForCausalLM checkpoint")
         n = int(c["num_hidden_layers"])
         moe_layers = c.get("moe_layers")
         step = int(c.get("interleave_moe_layer_step", 1))
