@@ -53,10 +53,12 @@ def llama4_special_tokens() -> list[str]:
     return named + [f"<|reserved_special_token_{i}|>" for i in range(2048 - len(named))]
 
 
-def tiktoken_ranks(path: Path) -> int:
-    """How many BPE ranks a tiktoken rank file holds (its non-empty lines)."""
+def tiktoken_ranks(path: Path) -> int | None:
+    """How many BPE ranks a tiktoken rank file holds, or None unless they are exactly 0..N-1 (Meta's tokenizers
+    number their specials from N on)."""
     with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
+        ranks = sorted(int(line.split()[1]) for line in f if line.strip())
+    return len(ranks) if ranks == list(range(len(ranks))) else None
 
 
 def llama4_meta_to_hf(tok_path: Path | None, out: Path) -> tuple[str, dict]:
@@ -68,12 +70,12 @@ def llama4_meta_to_hf(tok_path: Path | None, out: Path) -> tuple[str, dict]:
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
+    if tiktoken_ranks(tok_path) is None:
+        return f"skipped ({tok_path.name}: its ranks are not numbered 0..N-1, which Meta's tokenizer assumes)", {}
     specials = llama4_special_tokens()
     backend = TikTokenConverter(vocab_file=str(tok_path), pattern=LLAMA4_PATTERN, extra_special_tokens=specials).converted()
     bos, eos, pad = "<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad|>"
     n_ranks = backend.token_to_id(bos)
-    if n_ranks != tiktoken_ranks(tok_path):
-        return f"skipped ({tok_path.name}: its ranks are not numbered 0..N-1, which Meta's tokenizer assumes)", {}
     backend.post_processor = processors.Sequence([
         processors.ByteLevel(trim_offsets=False),
         processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, n_ranks)]),
