@@ -87,7 +87,7 @@ class Llama4Arch:
     def to_json(self) -> dict:
         return asdict(self)
 
-    def describe(self, *, vision: bool = False) -> str:
+    def describe(self, *, vision=None) -> str:
         """One line, as `llamakit convert` prints it: 'Llama 4 Maverick layout: 128 experts, MoE every 2nd layer, ...'."""
         every = "every layer" if self.moe_step == 1 else f"every {_ordinal(self.moe_step)} layer"
         kind = "Scout" if self.moe_step == 1 else "Maverick"
@@ -99,7 +99,7 @@ class Llama4Arch:
             bits.append(f"{self.attention_chunk_size}-token attention chunks")
         if self.rope_scaling:
             bits.append(f"rope scaled ×{self.rope_scaling['factor']:g}")
-        bits.append("vision encoder" if vision else "text only")
+        bits.append(vision.describe() if hasattr(vision, "describe") else "vision encoder" if vision else "text only")
         return f"Llama 4 {kind} layout: " + ", ".join(bits)
 
     def check_mp(self, mp: int, *, path=None) -> None:

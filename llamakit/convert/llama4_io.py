@@ -179,7 +179,7 @@ def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size,
         written = sum((tmp / f).stat().st_size for f in files)
     return ConvertResult(
         src=str(source.path), dst=str(dst), src_format=source.fmt, dst_format=to,
-        generation=arch.describe(vision=source.vision is not None), mp_in=source.mp, mp_out=mp_out if to == "meta" else 1,
+        generation=arch.describe(vision=source.vision), mp_in=source.mp, mp_out=mp_out if to == "meta" else 1,
         n_tensors=n_tensors, bytes_written=written, files=files, tokenizer=tok, check=report,
         wall_s=round(time.perf_counter() - t0, 3), catalog=list(source.catalog), arch=arch.to_json(), timings=timings,
         errata=list(source.errata))

@@ -54,6 +54,11 @@ class VisionArch:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        tokens = int(self.n_patches * self.pixel_shuffle_ratio ** 2)
+        return (f"vision encoder ({self.n_layers} layers, {self.image_size}px tiles in {self.patch_size}px patches, "
+                f"{tokens} image tokens per tile)")
+
     def shape(self, hf_name: str, text_dim: int) -> tuple[int, ...]:
         """The HF (merged) shape of a vision tensor, by its HF name."""
         D = self.dim

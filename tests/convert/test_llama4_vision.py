@@ -106,7 +106,9 @@ def written(request, tmp_path_factory):
 def test_meta_code_and_transformers_agree_with_an_image_both_ways(written):
     shape, mp, tmp, batches, meta_logits, meta_tok = written
     r = convert(tmp / "meta", tmp / "hf", show_progress=False)
-    assert r.check["bit_identical"] and r.generation.endswith("vision encoder")
+    assert r.check["bit_identical"]
+    assert r.generation.endswith(f"vision encoder ({V['n_layers']} layers, 16px tiles in 4px patches, {PATCHES} image "
+                                 "tokens per tile)")
     cfg = json.loads((tmp / "hf" / "config.json").read_text())
     assert cfg["architectures"] == ["Llama4ForConditionalGeneration"]
     sp = meta_tok.special_tokens
