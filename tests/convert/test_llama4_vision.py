@@ -162,3 +162,29 @@ def test_a_wrong_vision_mapping_is_caught(written, monkeypatch, tmp_path, which)
     got = _transformers(tmp_path / "hf", batches)
     assert _close(got[0], meta_logits[0])
     assert not _close(got[1], meta_logits[1])
+
+
+def _with_params(tmp, dst, edit):
+    dst.mkdir()
+    for p in (tmp / "meta").iterdir():
+        if p.name != "params.json":
+            (dst / p.name).symlink_to(p)
+    params = json.loads((tmp / "meta" / "params.json").read_text())
+    edit(params)
+    (dst / "params.json").write_text(json.dumps(params))
+    return dst
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda p: p.pop("vision_args"), "unexpected vision_embeddings"),
+    (lambda p: p["vision_args"].update(n_layers=3), "missing vision_embeddings.vision_encoder.transformer.resblocks.2"),
+    (lambda p: p["vision_args"].update(output_dim=64), "has shape"),
+])
+def test_a_params_json_that_does_not_describe_the_encoder_is_refused(written, tmp_path, edit, match):
+    from llamakit.errors import ConversionError
+
+    _shape, _mp, tmp, _b, _l, _t = written
+    src = _with_params(tmp, tmp_path / "meta", edit)
+    with pytest.raises(ConversionError, match=match):
+        convert(src, tmp_path / "hf", show_progress=False)
+    assert not (tmp_path / "hf").exists()
