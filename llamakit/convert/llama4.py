@@ -133,7 +133,6 @@ def hf_shape(rule: keymap.L4Rule, a: Llama4Arch, v: VisionArch | None = None) ->
     return (D, F) if "down_proj" in hf else (F, D)
 
 
-
 class Llama4MetaSource:
     """A Meta Llama 4 directory (consolidated.NN.pth in the shipped layout + params.json)."""
 

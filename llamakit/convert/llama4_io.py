@@ -158,6 +158,8 @@ def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size,
     mp_out = mp or (source.mp if source.fmt == "meta" else 1)
     if to == "meta":
         arch.check_mp(mp_out, path=source.path)
+        if source.vision is not None:
+            source.vision.check_mp(mp_out, path=source.path)
     timings = {"open_s": round(time.perf_counter() - t0, 3)}
     total = sum(_nbytes(s, d) for _, s, d, _ in source.hf_tensors()) if source.fmt == "meta" else \
         sum(_nbytes(s, d) * mp_out for _, s, d, _ in source.meta_tensors(mp_out))

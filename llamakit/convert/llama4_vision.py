@@ -72,6 +72,16 @@ class VisionArch:
                 return shape
         return (D,)  # biases of q/k/v/o and fc2, layer norms
 
+    def check_mp(self, mp: int, *, path=None) -> None:
+        """Meta's fairscale layers split the encoder's heads, widths and the projector's output across MP ranks."""
+        from llamakit.errors import UsageError
+
+        sizes = {"vision heads": self.n_heads, "vision MLP width": self.hidden, "vision output width": self.output_dim}
+        bad = [f"{n} {what}" for what, n in sizes.items() if n % mp]
+        if bad:
+            raise UsageError(f"--mp {mp} does not divide the vision encoder's {', '.join(bad)}", path=path,
+                             fix="choose an --mp that divides them")
+
     # -- Meta params.json vision_args ----------------------------------------------
 
     @classmethod

@@ -92,3 +92,13 @@ def test_vision_args_transformers_cannot_express_are_refused(change, why):
 def test_hf_vision_configs_metas_code_cannot_express_are_refused(change, why):
     with pytest.raises(ConversionError, match=why):
         VisionArch.from_hf_config({**PUBLISHED, **change}, path=P)
+
+
+def test_an_mp_that_does_not_divide_the_encoder_is_a_usage_error():
+    from llamakit.errors import UsageError
+
+    v = VisionArch(image_size=336, patch_size=14, dim=1408, n_layers=34, n_heads=16, mlp_ratio=4.0, output_dim=4096,
+                   pixel_shuffle_ratio=0.5)
+    v.check_mp(8)
+    with pytest.raises(UsageError, match="vision heads"):
+        v.check_mp(3)
