@@ -188,3 +188,15 @@ def test_a_params_json_that_does_not_describe_the_encoder_is_refused(written, tm
     with pytest.raises(ConversionError, match=match):
         convert(src, tmp_path / "hf", show_progress=False)
     assert not (tmp_path / "hf").exists()
+
+
+def test_info_local_describes_both_layouts(written):
+    from llamakit.describe import describe_local
+
+    _shape, _mp, tmp, _b, _l, _t = written
+    if not (tmp / "hf").is_dir():
+        convert(tmp / "meta", tmp / "hf", show_progress=False)
+    for d in ("meta", "hf"):
+        info = describe_local(tmp / d)
+        assert info["generation"].startswith("Llama 4 ") and "vision encoder (2 layers" in info["generation"]
+        assert info["vision"]["n_layers"] == V["n_layers"] and info["architecture"]["num_experts"] > 0
