@@ -92,6 +92,20 @@ class MoE(_Strict):
     auto_scale_F: bool = True
 
 
+class Llama4VisionEncoder(_Strict):
+    """Llama 4's vision encoder as params.json `vision_args` states it (llama-models llama4/args.py VisionArgs; the
+    released image and patch sizes are square, so one number each)."""
+
+    image_size: int = Field(gt=0)
+    patch_size: int = Field(gt=0)
+    dim: int = Field(gt=0)
+    n_layers: int = Field(gt=0)
+    n_heads: int = Field(gt=0)
+    mlp_ratio: float = Field(gt=0)
+    output_dim: int = Field(gt=0)
+    pixel_shuffle_ratio: float = Field(gt=0, le=1)
+
+
 class Vision(_Strict):
     """Image side of a multimodal release (the catalog describes only its text model).
 
@@ -101,6 +115,7 @@ class Vision(_Strict):
 
     kind: Literal["mllama", "llama4"]
     cross_attention_layers: Optional[int] = Field(default=None, gt=0)
+    encoder: Optional[Llama4VisionEncoder] = None  # Llama 4: the encoder's vision_args
 
 
 # --- sources --------------------------------------------------------------------

@@ -98,8 +98,10 @@ def info_panel(info: dict[str, Any]) -> Panel:
     if "moe" in info:  # the experts' width is derived (catalog.MoE), shown beside the params it comes from
         parts.append(_kv_table("moe", {**info["moe"], "expert width (HF intermediate_size)": info.get("expert_intermediate_size")}))
     for extra, title in (("vision", "vision"), ("params_extra", "layer options (params.json)")):
-        if extra in info:
-            parts.append(_kv_table(title, info[extra]))
+        if extra in info:  # a nested table (Llama 4's vision encoder) shows as "encoder <key>" rows
+            flat = {k: v for k, v in info[extra].items() if not isinstance(v, dict)}
+            flat.update({f"{k} {kk}": vv for k, v in info[extra].items() if isinstance(v, dict) for kk, vv in v.items()})
+            parts.append(_kv_table(title, flat))
     src = info.get("sources", {})
     rows: dict[str, Any] = {}
     if "hf" in src:

@@ -2,7 +2,8 @@
 
 The same detection `convert` uses (format, architecture, Llama generation, the
 catalog releases with exactly these shapes), without loading a tensor or importing
-torch. A Hugging Face cache snapshot, or a model name resolved to its cached
+torch (a Meta Llama 4 directory is read through torch's memory-mapped loader: its
+shipped layout is a pickle of tensors, not the zip records the Llama 1-3 reader parses). A Hugging Face cache snapshot, or a model name resolved to its cached
 snapshot, is described like any directory, plus the repo and revision its path names.
 """
 
@@ -24,7 +25,13 @@ def describe_local(arg: str | Path) -> dict[str, Any]:
     snap = parse_snapshot(path) if path.is_dir() else None
     if snap is not None:
         info["hf_cache"] = {"repo": snap.repo, "revision": snap.commit}
-    info["generation"] = generation(source.arch)
+    if getattr(source, "family", None) == "llama4":  # its own layout line, and the vision encoder when there is one
+        vision = source.vision
+        info["generation"] = source.arch.describe(vision=vision)
+        if vision is not None:
+            info["vision"] = vision.to_json()
+    else:
+        info["generation"] = generation(source.arch)
     info["catalog_matches"] = list(getattr(source, "catalog", []) or [])
     mp = getattr(source, "mp", None)
     if mp is not None:

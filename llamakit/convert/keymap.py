@@ -157,9 +157,12 @@ def hf_row_order(rule: Rule, n_rows: int, head_dim: int) -> list[int]:
 #   experts the shipped tensor is 2-D (e·X, Y) and means (e, X, Y) (the `view` in moe.py's hook);
 #   split  the dim along which MP shards hold pieces of the merged tensor (after the experts view);
 #   transpose HF stores the transpose (router: Meta D×E, HF E×D);
-#   slot   HF concatenates several rows along its last dim (experts.gate_up_proj = [w1 | w3]).
-# No rotary permutation: transformers' Llama 4 rotates interleaved pairs (view_as_complex) as Meta does.
-# HF names are the text model's (Llama4ForCausalLM); the multimodal layout prefixes "language_model.".
+#   slot   HF concatenates several rows along its last dim (experts.gate_up_proj = [w1 | w3]);
+#   part   "text" (the decoder; {i} a decoder layer) or "vision" (the encoder + projector; {i} an encoder layer).
+# No rotary permutation: transformers' Llama 4 rotates interleaved pairs (view_as_complex) as Meta does, in the
+# decoder and in the vision encoder (its 2-D rope) alike.
+# Text HF names are the text model's (Llama4ForCausalLM); the multimodal layout (Llama4ForConditionalGeneration)
+# prefixes them with "language_model." (HF_TEXT_PREFIX). Vision rows are named as that layout names them.
 
 
 @dataclass(frozen=True)
@@ -172,9 +175,11 @@ class L4Rule:
     experts: bool = False
     transpose: bool = False
     slot: int | None = None
+    part: str = "text"
 
 
 _FF = "layers.{i}.feed_forward."
+_VE = "vision_embeddings.vision_encoder."
 _HF_FF = "model.layers.{i}.feed_forward."
 LLAMA4_RULES: tuple[L4Rule, ...] = (
     L4Rule("tok_embeddings.weight", "model.embed_tokens.weight", 0),
@@ -199,7 +204,32 @@ LLAMA4_RULES: tuple[L4Rule, ...] = (
     L4Rule(_FF + "experts.moe_w_out_eF_D", _HF_FF + "experts.down_proj", 1, "moe", experts=True),
     L4Rule("norm.weight", "model.norm.weight", None),
     L4Rule("output.weight", "lm_head.weight", 0),
+    # Vision encoder (llama4/vision/encoder.py) + pixel-shuffle adapter (vision/embedding.py) + projector
+    # (model.py Transformer.vision_projection): Meta ships the module names (no load hook fuses them; the encoder's
+    # hook only resamples a `positional_embedding`, which the releases do not carry). Splits follow fairscale:
+    # ColumnParallelLinear weight and bias on dim 0, RowParallelLinear weight on dim 1 and its bias replicated.
+    *(L4Rule(_VE + m, "vision_model." + h, split, part="vision") for m, h, split in (
+        ("conv1._linear.weight", "patch_embedding.linear.weight", 0),
+        ("class_embedding", "class_embedding", None),
+        ("positional_embedding_vlm", "positional_embedding_vlm", None),
+        ("ln_pre.weight", "layernorm_pre.weight", None),
+        ("ln_pre.bias", "layernorm_pre.bias", None),
+        *((f"transformer.resblocks.{{i}}.{m}", f"model.layers.{{i}}.{h}", split) for m, h, split in (
+            ("ln_1.weight", "input_layernorm.weight", None), ("ln_1.bias", "input_layernorm.bias", None),
+            ("attn.wq.weight", "self_attn.q_proj.weight", 0), ("attn.wq.bias", "self_attn.q_proj.bias", 0),
+            ("attn.wk.weight", "self_attn.k_proj.weight", 0), ("attn.wk.bias", "self_attn.k_proj.bias", 0),
+            ("attn.wv.weight", "self_attn.v_proj.weight", 0), ("attn.wv.bias", "self_attn.v_proj.bias", 0),
+            ("attn.wo.weight", "self_attn.o_proj.weight", 1), ("attn.wo.bias", "self_attn.o_proj.bias", None),
+            ("ln_2.weight", "post_attention_layernorm.weight", None), ("ln_2.bias", "post_attention_layernorm.bias", None),
+            ("mlp.c_fc.weight", "mlp.fc1.weight", 0), ("mlp.c_fc.bias", "mlp.fc1.bias", 0),
+            ("mlp.c_proj.weight", "mlp.fc2.weight", 1), ("mlp.c_proj.bias", "mlp.fc2.bias", None))),
+        ("ln_post.weight", "layernorm_post.weight", None),
+        ("ln_post.bias", "layernorm_post.bias", None))),
+    L4Rule("vision_embeddings.vision_adapter.mlp.c_fc.weight", "vision_model.vision_adapter.mlp.fc1.weight", 0, part="vision"),
+    L4Rule("vision_embeddings.vision_adapter.mlp.c_proj.weight", "vision_model.vision_adapter.mlp.fc2.weight", 1, part="vision"),
+    L4Rule("vision_projection.weight", "multi_modal_projector.linear_1.weight", 0, part="vision"),
 )
+HF_TEXT_PREFIX = "language_model."
 # Shipped entries Meta's hooks discard (TransformerBlock.load_hook, Transformer.load_hook) and router
 # statistics transformers' converter drops: not weights of the model.
 LLAMA4_DROPPED = re.compile(r"(^|\.)(_extra_state|global_gate_stats_3E|running_gate_stats_3E|expert_activation_DE)$"
@@ -207,8 +237,11 @@ LLAMA4_DROPPED = re.compile(r"(^|\.)(_extra_state|global_gate_stats_3E|running_g
 
 
 def llama4_layer_rules(kind: str) -> list[L4Rule]:
-    """The per-layer rules of a dense ("dense") or MoE ("moe") decoder layer, in model order."""
-    return [r for r in LLAMA4_RULES if "{i}" in r.meta and r.layers in ("all", kind)]
+    """The per-layer rules of a dense ("dense") or MoE ("moe") decoder layer, or of a vision encoder layer
+    ("vision"), in model order."""
+    if kind == "vision":
+        return [r for r in LLAMA4_RULES if "{i}" in r.meta and r.part == "vision"]
+    return [r for r in LLAMA4_RULES if "{i}" in r.meta and r.part == "text" and r.layers in ("all", kind)]
 
 
 def llama4_lookup(key: str, fmt: str, *, path=None) -> list[tuple[L4Rule, int | None]]:

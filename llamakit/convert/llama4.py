@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from llamakit.convert import keymap
-from llamakit.convert.llama4_arch import ROPE_FIXED, Llama4Arch, unwrap
+from llamakit.convert.llama4_arch import Llama4Arch, unwrap
+from llamakit.convert.llama4_facts import ROPE_ERRATUM, catalog_names, decide_context, decide_rope  # noqa: F401 (re-exported)
+from llamakit.convert.llama4_vision import VisionArch, vision_config_of
 from llamakit.errors import ConversionError, InputFileError, UnsafeCheckpointError
 
 if TYPE_CHECKING:
     import torch
 
 BLOCK_BYTES = 16 << 20
-ROPE_ERRATUM = "llama4-scout-rope-constants"
 
 
 def is_llama4_params(params: dict) -> bool:
@@ -79,24 +80,45 @@ def _sections(rule: keymap.L4Rule, a: Llama4Arch, mp: int) -> list[int]:
     return [a.dense_hidden // mp] * 2
 
 
-def _rows_for(a: Llama4Arch) -> list[tuple[keymap.L4Rule, int | None]]:
-    """Every (rule, layer) of the model, in model order."""
-    out = [(r, None) for r in keymap.LLAMA4_RULES if "{i}" not in r.meta and r.meta != "norm.weight" and r.meta != "output.weight"]
+def _rows_for(a: Llama4Arch, v: VisionArch | None = None) -> list[tuple[keymap.L4Rule, int | None]]:
+    """Every (rule, layer) of the model, in model order: the decoder, then (multimodal) the vision encoder."""
+    text = [r for r in keymap.LLAMA4_RULES if r.part == "text" and "{i}" not in r.meta]
+    out = [(r, None) for r in text if r.meta not in ("norm.weight", "output.weight")]
     for i in range(a.n_layers):
         out += [(r, i) for r in keymap.llama4_layer_rules("moe" if a.is_moe(i) else "dense")]
-    out += [(r, None) for r in keymap.LLAMA4_RULES if r.meta in ("norm.weight", "output.weight")]
+    out += [(r, None) for r in text if r.meta in ("norm.weight", "output.weight")]
+    if v is not None:
+        vision = [r for r in keymap.LLAMA4_RULES if r.part == "vision"]
+        layer = keymap.llama4_layer_rules("vision")
+        head = [r for r in vision if r not in layer and not r.meta.startswith(_AFTER_LAYERS)]
+        out += [(r, None) for r in head]
+        for i in range(v.n_layers):
+            out += [(r, i) for r in layer]
+        out += [(r, None) for r in vision if r not in layer and r not in head]
     return out
 
 
-def hf_names(a: Llama4Arch) -> list[str]:
-    return list(dict.fromkeys(r.hf.format(i=i) for r, i in _rows_for(a)))
+# Vision tensors that follow the encoder layers in model order
+_AFTER_LAYERS = ("vision_embeddings.vision_encoder.ln_post", "vision_embeddings.vision_adapter", "vision_projection")
 
 
-def meta_names(a: Llama4Arch) -> list[str]:
-    return list(dict.fromkeys(r.meta.format(i=i) for r, i in _rows_for(a)))
+def hf_name(rule: keymap.L4Rule, layer: int | None, v: VisionArch | None) -> str:
+    """The rule's HF name: the multimodal layout (a vision encoder) nests the text model under language_model."""
+    name = rule.hf.format(i=layer)
+    return keymap.HF_TEXT_PREFIX + name if v is not None and rule.part == "text" else name
 
 
-def hf_shape(rule: keymap.L4Rule, a: Llama4Arch) -> tuple[int, ...]:
+def hf_names(a: Llama4Arch, v: VisionArch | None = None) -> list[str]:
+    return list(dict.fromkeys(hf_name(r, i, v) for r, i in _rows_for(a, v)))
+
+
+def meta_names(a: Llama4Arch, v: VisionArch | None = None) -> list[str]:
+    return list(dict.fromkeys(r.meta.format(i=i) for r, i in _rows_for(a, v)))
+
+
+def hf_shape(rule: keymap.L4Rule, a: Llama4Arch, v: VisionArch | None = None) -> tuple[int, ...]:
+    if rule.part == "vision":
+        return v.shape(rule.hf, a.dim)
     D, V, hd = a.dim, a.vocab_size, a.head_dim
     hf = rule.hf
     table = {"embed_tokens": (V, D), "lm_head": (V, D), "layernorm": (D,), "norm.weight": (D,),
@@ -104,9 +126,9 @@ def hf_shape(rule: keymap.L4Rule, a: Llama4Arch) -> tuple[int, ...]:
              "o_proj": (D, a.n_heads * hd), "router": (a.num_experts, D),
              "experts.gate_up_proj": (a.num_experts, D, 2 * a.expert_hidden),
              "experts.down_proj": (a.num_experts, a.expert_hidden, D)}
-    for k, v in table.items():
+    for k, shape in table.items():
         if k in hf:
-            return v
+            return shape
     F = a.expert_hidden if "shared_expert" in hf else a.dense_hidden
     return (D, F) if "down_proj" in hf else (F, D)
 
@@ -127,12 +149,8 @@ class Llama4MetaSource:
             if set(s) != keys:
                 diff = sorted(set(s) ^ keys)[:3]
                 raise ConversionError(f"{names[r]} and {names[0]} hold different tensors ({', '.join(diff)})", path=self.path)
-        vision = sorted(k for k in keys if k.startswith(("vision_embeddings.", "vision_projection.")))
-        self.vision = bool(vision) or bool(unwrap(params).get("vision_args"))
-        if vision:
-            raise ConversionError(f"the Llama 4 vision encoder ({vision[0]}, ...) is not converted yet: llamakit converts "
-                                  "the Llama 4 text model only so far", path=self.path,
-                                  fix="use a text-only Llama 4 checkpoint, or transformers' converter for the multimodal one")
+        vision_args = unwrap(params).get("vision_args")
+        self.vision = VisionArch.from_params(vision_args, path=self.path / "params.json") if vision_args else None
         for k in keys:
             keymap.llama4_lookup(k, "meta", path=self.path / names[0])  # every key is one the table knows
         s0 = self._shards[0]
@@ -149,18 +167,32 @@ class Llama4MetaSource:
             dense=s0[fc1].shape[0] // 2 * self.mp if fc1 else None,
             expert=s0[w_in].shape[-1] * self.mp if w_in and experts else None, rope_scaling=rope)
         self.arch = self.arch.with_(max_position_embeddings=decide_context(self.arch))
-        want = set(meta_names(self.arch))
+        want = set(meta_names(self.arch, self.vision))
         if want != keys:
             missing, extra = sorted(want - keys), sorted(keys - want)
             what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+            enc = f", vision encoder of {self.vision.n_layers} layer(s)" if self.vision else ", no vision_args"
             raise ConversionError(f"the shards do not have the layers params.json describes ({what}; MoE every "
-                                  f"{self.arch.moe_step} layer(s) of {self.arch.n_layers})", path=self.path,
+                                  f"{self.arch.moe_step} layer(s) of {self.arch.n_layers}{enc})", path=self.path,
                                   fix="the params.json does not belong to these shards")
+        for rule, layer in _rows_for(self.arch, self.vision):  # vision shapes: only params.json states them
+            if rule.part == "vision":
+                self._check_shape(rule, layer)
         self.decision = None
         self.catalog = catalog_names(self.arch)
 
     def shard_tensor(self, rank: int, name: str) -> "torch.Tensor":
         return self._shards[rank][name]
+
+    def _check_shape(self, rule: keymap.L4Rule, layer) -> None:
+        want = list(hf_shape(rule, self.arch, self.vision))
+        if rule.split is not None:
+            want[rule.split] //= self.mp
+        name = rule.meta.format(i=layer)
+        got = tuple(self._shards[0][name].shape)
+        if got != tuple(want):
+            raise ConversionError(f"'{name}' has shape {got} per shard, params.json's vision_args imply {tuple(want)}",
+                                  path=self.path, fix="the params.json does not belong to these shards")
 
     def _piece(self, rule: keymap.L4Rule, layer, rank: int, lo: int | None = None, hi: int | None = None):
         """This shard's contribution to the rule's HF tensor (experts: only experts lo..hi)."""
@@ -193,11 +225,11 @@ class Llama4MetaSource:
     def hf_tensors(self) -> Iterator[tuple[str, tuple[int, ...], "torch.dtype", Callable[[], Iterator]]]:
         """(HF name, shape, dtype, blocks()) for every HF tensor, in model order."""
         groups: dict[str, list] = {}
-        for rule, layer in _rows_for(self.arch):
-            groups.setdefault(rule.hf.format(i=layer), []).append((rule, layer))
+        for rule, layer in _rows_for(self.arch, self.vision):
+            groups.setdefault(hf_name(rule, layer, self.vision), []).append((rule, layer))
         for name, rows in groups.items():
             rule, layer = rows[0]
-            shape = hf_shape(rule, self.arch)
+            shape = hf_shape(rule, self.arch, self.vision)
             dtype = self._shards[0][rule.meta.format(i=layer)].dtype
             yield name, shape, dtype, (lambda rows=rows, shape=shape: self._blocks(rows, shape))
 
@@ -227,12 +259,12 @@ class Llama4MetaSource:
 
 
 class Llama4HFSource:
-    """An HF Llama4ForCausalLM directory (config.json model_type llama4_text, safetensors)."""
+    """An HF Llama4ForCausalLM (config.json model_type llama4_text) or Llama4ForConditionalGeneration (llama4, with a
+    vision_config) directory of safetensors."""
 
     fmt = "hf"
     family = "llama4"
     mp = 1
-    vision = False
 
     def __init__(self, directory: Path):
         from safetensors import SafetensorError, safe_open
@@ -241,38 +273,41 @@ class Llama4HFSource:
 
         self.path = Path(directory)
         self.arch = Llama4Arch.from_hf_config(self.path / "config.json")
+        vc = vision_config_of(self.path / "config.json")
+        self.vision = VisionArch.from_hf_config(vc, path=self.path / "config.json") if vc else None
         self._where: dict[str, Path] = {}
         shapes = {}
         for f in safetensors_files(self.path):
             try:
                 with safe_open(f, framework="pt") as st:
                     for k in st.keys():
-                        name = k.removeprefix("language_model.")
+                        name = k.removeprefix(keymap.HF_TEXT_PREFIX)
                         keymap.llama4_lookup(name, "hf", path=f)
                         self._where[name] = (f, k)
                         shapes[name] = tuple(st.get_slice(k).get_shape())
             except (SafetensorError, OSError) as exc:
                 raise InputFileError(f"unreadable safetensors file ({exc})", path=f, fix="re-download it") from None
-        groups = {}
-        for rule, layer in _rows_for(self.arch):
+        groups, full = {}, {}
+        for rule, layer in _rows_for(self.arch, self.vision):
             groups.setdefault(rule.hf.format(i=layer), rule)
-        missing = [n for n in groups if n not in shapes]
+            full[rule.hf.format(i=layer)] = hf_name(rule, layer, self.vision)
+        missing = [full[n] for n in groups if n not in shapes or self._where[n][1] != full[n]]
         if missing:
             raise ConversionError(f"missing tensor(s) {', '.join(missing[:3])}", path=self.path, fix="the checkpoint is incomplete")
         extra = sorted(set(shapes) - set(groups))
         if extra:
             raise ConversionError(f"'{extra[0]}' does not belong to the layers config.json describes", path=self.path)
         for n, rule in groups.items():
-            if shapes[n] != hf_shape(rule, self.arch):
-                raise ConversionError(f"'{n}' has shape {shapes[n]}, config.json implies {hf_shape(rule, self.arch)}",
-                                      path=self._where[n][0])
+            want = hf_shape(rule, self.arch, self.vision)
+            if shapes[n] != want:
+                raise ConversionError(f"'{full[n]}' has shape {shapes[n]}, config.json implies {want}", path=self._where[n][0])
         self.errata, self.decision = [], None
         self.catalog = catalog_names(self.arch)
 
     def get(self, name: str, lo: int | None = None, hi: int | None = None) -> "torch.Tensor":
         from safetensors import safe_open
 
-        f, k = self._where[name]
+        f, k = self._where[name.removeprefix(keymap.HF_TEXT_PREFIX)]  # a multimodal name or the text model's
         with safe_open(f, framework="pt") as st:
             return st.get_slice(k)[lo:hi] if lo is not None else st.get_tensor(k)
 
@@ -280,12 +315,12 @@ class Llama4HFSource:
         """(Meta name, shard shape, dtype, blocks(rank)) for every shipped Meta tensor, in model order."""
         a = self.arch
         groups: dict[str, list] = {}
-        for rule, layer in _rows_for(a):
+        for rule, layer in _rows_for(a, self.vision):
             groups.setdefault(rule.meta.format(i=layer), []).append((rule, layer))
         for name, rows in groups.items():
             rows = sorted(rows, key=lambda rl: rl[0].take[1] if rl[0].take else 0)
             rule, layer = rows[0]
-            parts = [_shard_shape(r, a, mp) for r, _ in rows]
+            parts = [_shard_shape(r, a, mp, self.vision) for r, _ in rows]
             shape = (sum(p[0] for p in parts), *parts[0][1:])
             f, k = self._where[rule.hf.format(i=layer)]
             from safetensors import safe_open
@@ -321,9 +356,9 @@ def _shard_of(t, split: int | None, rank: int, mp: int):
     return t.narrow(split, rank * n, n)
 
 
-def _shard_shape(rule: keymap.L4Rule, a: Llama4Arch, mp: int) -> tuple[int, ...]:
+def _shard_shape(rule: keymap.L4Rule, a: Llama4Arch, mp: int, v: VisionArch | None = None) -> tuple[int, ...]:
     """The shape one MP shard stores for `rule`'s part of a shipped tensor."""
-    s = list(hf_shape(rule, a))
+    s = list(hf_shape(rule, a, v))
     if rule.slot is not None:
         s[-1] //= 2
     if rule.transpose:
@@ -339,51 +374,6 @@ def _torch_dtype(st: str):
     import torch
 
     return {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[st]
-
-
-# --- facts the files leave out: the errata registry and the catalog ----------------------
-
-
-def decide_rope(p: dict) -> tuple[dict | None, list[str]]:
-    """llama3 rope scaling of a Llama 4 params.json: what it states, the rest from the errata (Meta's code fills
-    factor 16 / high_freq_factor 1 when params.json is silent, as the HF release has it)."""
-    if not p.get("use_scaled_rope"):
-        return None, []
-    from llamakit.convert.errata import get
-
-    fill = get(ROPE_ERRATUM).sets.rope_scaling.model_dump()
-    stated = {"factor": p.get("rope_scaling_factor"), "high_freq_factor": p.get("rope_high_freq_factor")}
-    rope = {k: float(stated[k] if stated.get(k) is not None else fill[k]) for k in ("factor", "high_freq_factor")}
-    rope.update(ROPE_FIXED)
-    rope = {"factor": rope["factor"], "low_freq_factor": rope["low_freq_factor"],
-            "high_freq_factor": rope["high_freq_factor"],
-            "original_max_position_embeddings": rope["original_max_position_embeddings"]}
-    return rope, ([] if all(v is not None for v in stated.values()) else [ROPE_ERRATUM])
-
-
-def _catalog_matches(a: Llama4Arch) -> list:
-    from llamakit import catalog
-    from llamakit.errors import LlamakitError
-
-    try:
-        releases = catalog.list_releases()
-    except LlamakitError:
-        return []
-    return [r for r in releases if r.moe is not None and r.quantization is None
-            and (r.meta.dim, r.meta.n_layers, r.meta.n_heads, r.meta.n_kv_heads, r.meta.vocab_size,
-                 r.moe.num_experts, r.moe.interleave_moe_layer_step, r.meta.use_scaled_rope)
-            == (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.vocab_size, a.num_experts, a.moe_step,
-                a.rope_scaling is not None)]
-
-
-def catalog_names(a: Llama4Arch) -> list[str]:
-    return [r.name for r in _catalog_matches(a)]
-
-
-def decide_context(a: Llama4Arch) -> int:
-    """Meta's files record no context length: the catalog's, when the shapes name one release context."""
-    contexts = {r.context_length for r in _catalog_matches(a)}
-    return contexts.pop() if len(contexts) == 1 else a.max_position_embeddings
 
 
 def shard_paths_of(directory: Path) -> list[Path]:

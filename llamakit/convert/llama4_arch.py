@@ -87,7 +87,7 @@ class Llama4Arch:
     def to_json(self) -> dict:
         return asdict(self)
 
-    def describe(self, *, vision: bool = False) -> str:
+    def describe(self, *, vision=None) -> str:
         """One line, as `llamakit convert` prints it: 'Llama 4 Maverick layout: 128 experts, MoE every 2nd layer, ...'."""
         every = "every layer" if self.moe_step == 1 else f"every {_ordinal(self.moe_step)} layer"
         kind = "Scout" if self.moe_step == 1 else "Maverick"
@@ -99,7 +99,7 @@ class Llama4Arch:
             bits.append(f"{self.attention_chunk_size}-token attention chunks")
         if self.rope_scaling:
             bits.append(f"rope scaled ×{self.rope_scaling['factor']:g}")
-        bits.append("vision encoder" if vision else "text only")
+        bits.append(vision.describe() if hasattr(vision, "describe") else "vision encoder" if vision else "text only")
         return f"Llama 4 {kind} layout: " + ", ".join(bits)
 
     def check_mp(self, mp: int, *, path=None) -> None:
@@ -202,9 +202,6 @@ class Llama4Arch:
         except (OSError, ValueError) as exc:
             raise InputFileError(f"unreadable config.json: {exc}", path=path) from None
         c = raw.get("text_config", raw) if raw.get("model_type") == "llama4" else raw
-        if raw.get("model_type") == "llama4" and raw.get("vision_config"):
-            raise ConversionError("a Llama 4 model with a vision encoder: llamakit converts the Llama 4 text model only "
-                                  "so far", path=path, fix="convert a text-only Llama4ForCausalLM checkpoint")
         n = int(c["num_hidden_layers"])
         moe_layers = c.get("moe_layers")
         step = int(c.get("interleave_moe_layer_step", 1))

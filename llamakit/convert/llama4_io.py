@@ -54,7 +54,10 @@ def write_meta(source, out: Path, *, mp: int, dtype, progress) -> list[Path]:
         for w in writers:
             w.abort()
         raise
-    (out / "params.json").write_text(json.dumps(source.arch.to_params(), indent=2) + "\n")
+    params = source.arch.to_params()
+    if source.vision is not None:
+        params["vision_args"] = source.vision.to_params()
+    (out / "params.json").write_text(json.dumps(params, indent=2) + "\n")
     write_checklist(out)
     return paths + [out / "params.json", out / "checklist.chk"]
 
@@ -65,9 +68,26 @@ def _nbytes(shape, dtype) -> int:
     return math.prod(shape) * dtype.itemsize
 
 
-def write_configs(arch: Llama4Arch, out: Path, dtype: str) -> list[Path]:
-    (out / "config.json").write_text(json.dumps(arch.to_hf_text_config(dtype), indent=2, sort_keys=True) + "\n")
-    gen = {"_from_model_config": True, "bos_token_id": arch.bos_token_id, "eos_token_id": arch.eos_token_id}
+def write_configs(arch: Llama4Arch, out: Path, dtype: str, vision=None, ids: dict | None = None) -> list[Path]:
+    """config.json: Llama4ForCausalLM's, or (a vision encoder) Llama4ForConditionalGeneration's with the text config
+    nested and the image token ids of Meta's tokenizer. `ids`: what the converted tokenizer.model gave (its rank count,
+    bos/eos/pad, the stop tokens Meta's generation ends on); the ids the source's config stated win."""
+    from llamakit.convert.llama4_vision import image_token_ids
+
+    ids = ids if ids and ids["n_ranks"] + 2048 <= arch.vocab_size else {}  # a tokenizer that fits the embeddings
+    if ids and arch.bos_token_id is None:
+        arch = arch.with_(bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"])
+    n_ranks = ids.get("n_ranks")
+    config = arch.to_hf_text_config(dtype)
+    if vision is not None:
+        text = {k: v for k, v in config.items() if k != "architectures"}
+        config = {"architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4", "text_config": text,
+                  "vision_config": vision.to_hf_config(), "tie_word_embeddings": False, "dtype": dtype,
+                  **image_token_ids(arch.vocab_size, n_ranks)}
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    gen = {"_from_model_config": True, "bos_token_id": arch.bos_token_id, "eos_token_id": ids.get("stop_token_ids", arch.eos_token_id)}
+    if arch.pad_token_id is not None:
+        gen["pad_token_id"] = arch.pad_token_id
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
     return [out / "config.json", out / "generation_config.json"]
 
@@ -105,7 +125,7 @@ def check_inverse(source, out: Path, to: str, *, cast) -> dict:
             if row != shape[0]:
                 raise ConversionError(f"'{name}' reads back {row} of {shape[0]} rows", path=out)
             n += 1
-    if _effective(back.arch) != _effective(source.arch):
+    if _effective(back.arch) != _effective(source.arch) or back.vision != source.vision:
         raise ConversionError("the written config does not read back as the source's architecture", path=out)
     return {"kind": "inverse", "tensors": n, "bit_identical": True, "seconds": round(time.perf_counter() - t, 3)}
 
@@ -138,6 +158,8 @@ def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size,
     mp_out = mp or (source.mp if source.fmt == "meta" else 1)
     if to == "meta":
         arch.check_mp(mp_out, path=source.path)
+        if source.vision is not None:
+            source.vision.check_mp(mp_out, path=source.path)
     timings = {"open_s": round(time.perf_counter() - t0, 3)}
     total = sum(_nbytes(s, d) for _, s, d, _ in source.hf_tensors()) if source.fmt == "meta" else \
         sum(_nbytes(s, d) * mp_out for _, s, d, _ in source.meta_tensors(mp_out))
@@ -147,12 +169,13 @@ def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size,
         with output.progress_bar(total, enabled=show_progress, label=f"{source.fmt}→{to}") as advance:
             if to == "hf":
                 files = write_hf(source, tmp, dtype=cast, max_shard_size=max_shard_size, progress=advance)
-                main = dtype_name(cast) if cast is not None else dtype_name(next(source.hf_tensors())[2])
-                files += write_configs(arch, tmp, main)
             else:
                 files = write_meta(source, tmp, mp=mp_out, dtype=cast, progress=advance)
         timings["weights_s"] = round(time.perf_counter() - t, 3)
-        tok = _copy_tokenizer(source, tmp, to)
+        tok, ids = _tokenizer(source, tmp, to)
+        if to == "hf":  # the token ids config.json states come from the tokenizer when there is one
+            main = dtype_name(cast) if cast is not None else dtype_name(next(source.hf_tensors())[2])
+            write_configs(arch, tmp, main, source.vision, ids)
         report = check_inverse(source, tmp, to, cast=cast) if check else None
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         written = sum((tmp / f).stat().st_size for f in files)
@@ -164,10 +187,13 @@ def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size,
         errata=list(source.errata))
 
 
-def _copy_tokenizer(source, out: Path, to: str) -> str:
-    """Llama 4's tokenizer.model (tiktoken BPE) travels as is; its HF tokenizer.json is not generated yet."""
-    src = source.path / "tokenizer.model"
-    if src.is_file():
-        (out / "tokenizer.model").write_bytes(src.read_bytes())
-        return "tokenizer.model copied (no tokenizer.json generated for Llama 4 yet)"
-    return "none in the source"
+def _tokenizer(source, out: Path, to: str) -> tuple[str, dict]:
+    """Meta → HF: tokenizer.json from Llama 4's tiktoken tokenizer.model (Meta's specials, tokenizer.py); HF → Meta:
+    the tokenizer.model the HF repo keeps (original/ or beside the weights)."""
+    from llamakit.convert import tokenizer
+
+    if to == "hf" and source.fmt == "meta":
+        return tokenizer.llama4_meta_to_hf(tokenizer.find_meta_tokenizer(source.path), out)
+    if to == "meta" and source.fmt == "hf":
+        return tokenizer.hf_to_meta(source.path, out), {}
+    return "none in the source", {}

@@ -31,6 +31,66 @@ def llama3_special_tokens(*, llama31: bool) -> list[str]:
     return head + [f"<|reserved_special_token_{i}|>" for i in range(5, 5 + _N_SPECIAL - len(head))]
 
 
+# Meta's llama4/tokenizer.py: the o200k split pattern, and 2048 specials after the BPE ranks, in this order.
+LLAMA4_PATTERN = (r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"""
+                  r"""|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"""
+                  r"""|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+def llama4_special_tokens() -> list[str]:
+    """BASIC + text post-train (200005..200079) + vision (200080..201133) + reasoning (201134..201143) specials, then
+    `<|reserved_special_token_N|>` up to 2048, as llama4/tokenizer.py's Tokenizer numbers them."""
+    def reserved(name, count, start=0):
+        return [f"<|{name}_reserved_special_token_{i}|>" for i in range(start, start + count)]
+
+    text = ["<|header_start|>", "<|header_end|>", "<|eom|>", "<|eot|>", "<|step|>", *reserved("text_post_train", 6),
+            "<|python_start|>", "<|python_end|>", "<|finetune_right_pad|>", *reserved("text_post_train", 61, 8)]
+    vision = ["<|image_start|>", "<|image_end|>", *reserved("vision", 2), "<|tile_x_separator|>", "<|tile_y_separator|>",
+              *reserved("vision", 4, 2), "<|image|>", *reserved("vision", 1, 6), "<|patch|>", *reserved("vision", 1041, 7)]
+    reasoning = [*reserved("reasoning", 8), "<|reasoning_thinking_start|>", "<|reasoning_thinking_end|>"]
+    named = ["<|begin_of_text|>", "<|end_of_text|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+             *text, *vision, *reasoning]
+    return named + [f"<|reserved_special_token_{i}|>" for i in range(2048 - len(named))]
+
+
+def tiktoken_ranks(path: Path) -> int | None:
+    """How many BPE ranks a tiktoken rank file holds, or None unless they are exactly 0..N-1 (Meta's tokenizers
+    number their specials from N on)."""
+    with open(path, "rb") as f:
+        ranks = sorted(int(line.split()[1]) for line in f if line.strip())
+    return len(ranks) if ranks == list(range(len(ranks))) else None
+
+
+def llama4_meta_to_hf(tok_path: Path | None, out: Path) -> tuple[str, dict]:
+    """tokenizer.json + tokenizer_config.json from Llama 4's tiktoken tokenizer.model, with Meta's 2048 specials;
+    returns (note, ids of bos/eos/pad and the stop tokens Meta's generation ends on)."""
+    if tok_path is None or tokenizer_kind(tok_path) != "tiktoken":
+        return "skipped (no tiktoken tokenizer.model beside the checkpoint)", {}
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    if tiktoken_ranks(tok_path) is None:
+        return f"skipped ({tok_path.name}: its ranks are not numbered 0..N-1, which Meta's tokenizer assumes)", {}
+    specials = llama4_special_tokens()
+    backend = TikTokenConverter(vocab_file=str(tok_path), pattern=LLAMA4_PATTERN, extra_special_tokens=specials).converted()
+    bos, eos, pad = "<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad|>"
+    n_ranks = backend.token_to_id(bos)
+    backend.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, n_ranks)]),
+    ])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=pad,
+                                  model_input_names=["input_ids", "attention_mask"], clean_up_tokenization_spaces=False)
+    tok.save_pretrained(str(out))
+    (out / "original").mkdir(exist_ok=True)
+    shutil.copyfile(tok_path, out / "original" / "tokenizer.model")  # where HF's Llama 4 repos keep it
+    ids = {"n_ranks": n_ranks, "bos_token_id": n_ranks, "eos_token_id": n_ranks + 1,
+           "pad_token_id": backend.token_to_id(pad),
+           "stop_token_ids": [n_ranks + 1, backend.token_to_id("<|eom|>"), backend.token_to_id("<|eot|>")]}
+    return f"tiktoken {tok_path.name} → tokenizer.json ({n_ranks} BPE ranks + {len(specials)} Llama 4 special)", ids
+
+
 def tokenizer_kind(path: Path) -> str | None:
     """'tiktoken' (text lines of `base64 rank`), 'sentencepiece' (a protobuf), or None."""
     try:

@@ -47,6 +47,14 @@ SHAPES = {
     "maverick": dict(COMMON, use_scaled_rope=False, use_qk_norm=False,
                      moe_args=dict(num_experts=8, capacity_factor=1.0, auto_scale_F=True, top_k=1, interleave_moe_layer_step=2)),
 }
+# A small vision encoder (llama4/args.py VisionArgs): 16x16 images of 4x4 patches, pixel shuffle 0.5 -> 4 image tokens.
+# mlp_ratio·dim must equal dim/pixel_shuffle_ratio² (transformers has one intermediate_size for both).
+VISION = dict(image_size=dict(height=16, width=16), patch_size=dict(height=4, width=4), dim=32, n_layers=2, n_heads=2,
+              mlp_ratio=4.0, output_dim=48, pixel_shuffle_ratio=0.5)
+# The multimodal shapes' vocabulary is Meta's tokenizer's: N_RANKS BPE ranks (the test writes such a tokenizer.model)
+# + the 2048 specials llama4/tokenizer.py numbers after them, so the image tokens have their real offsets.
+N_RANKS = 300
+SHAPES.update({f"{k}_vision": dict(v, vocab_size=N_RANKS + 2048, vision_args=VISION) for k, v in list(SHAPES.items())})
 QK_GAIN = 4.0
 EXTRA_STATE = ("attention.wqkv", "attention.wo", "feed_forward.experts.mlp", "feed_forward.mlp_shared")
 
@@ -99,6 +107,12 @@ def _build(shape: str, *, seeded: bool):
                     p.mul_(QK_GAIN)
                 elif name.endswith("router_DE"):
                     p.copy_(torch.randn(p.shape, generator=g))
+                elif name.startswith("vision_") and name.endswith((".bias", "ln_pre.weight", "ln_post.weight",
+                                                                   "ln_1.weight", "ln_2.weight")):
+                    base = 1.0 if name.endswith("weight") else 0.0  # layer norm gains near 1, biases near 0
+                    p.copy_(base + 0.1 * torch.randn(p.shape, generator=g))
+                elif name.endswith(("class_embedding", "positional_embedding_vlm")):
+                    p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
                 elif ".experts.w" in name:  # (e, D, F/ws) or (e, F/ws, D): this rank's slice of one seeded full tensor
                     f_dim = 2 if name.endswith(("w1", "w3")) else 1
                     full = list(p.shape)
@@ -148,8 +162,10 @@ def load(path: Path) -> dict:
 
 
 @torch.inference_mode()
-def logits(model, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Meta's modules at `positions` (Transformer.forward takes only a start position); masks as forward builds them."""
+def logits(model, tokens: torch.Tensor, positions: torch.Tensor, image=None) -> torch.Tensor:
+    """Meta's modules at `positions` (Transformer.forward takes only a start position); masks as forward builds them.
+    `image`: (pixel values [tiles, 3, H, W], the <|patch|> id): embedded as generation.py does (vision_embeddings on
+    the <|patch|> positions of every sequence, one image each) and mixed in as Transformer.forward does."""
     from llama_models.llama4.model import create_chunked_attention_mask, precompute_freqs_cis
 
     a = model.args
@@ -159,6 +175,11 @@ def logits(model, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor
     global_mask = torch.triu(torch.full((n, n), float("-inf")), diagonal=1)
     local_mask = create_chunked_attention_mask(n, a.attention_chunk_size, tokens.device) if a.attention_chunk_size else None
     h = model.tok_embeddings(tokens)
+    if image is not None:
+        pixels, patch_id = image
+        mask = (tokens == patch_id).unsqueeze(-1)
+        embedding = model.vision_embeddings([[pixels]] * tokens.shape[0], mask, h)
+        h = h * ~mask + model.vision_projection(embedding) * mask
     for layer in model.layers:
         h = layer(h, 0, freqs, global_mask, local_mask)
     return model.output(model.norm(h)).float()
@@ -184,7 +205,8 @@ def main(argv: list[str]) -> None:
         dist.barrier()
     model = _build(shape, seeded=False)
     model.load_state_dict(load(shard), strict=True)  # through Meta's hooks: the files are Meta's layout
-    got = [logits(model, t, p) for t, p in torch.load(batches, weights_only=True)]
+    model.float()  # VisionEmbeddings casts its encoder to bf16; the comparison runs in fp32 (the values are bf16's)
+    got = [logits(model, *b) for b in torch.load(batches, weights_only=True)]
     if rank == 0:
         torch.save(got, out)
     dist.barrier()
