@@ -1,0 +1,141 @@
+"""Llama 3.2 Vision (mllama): a checkpoint written by Meta's own multimodal code converts to HF and back.
+
+Meta's CrossAttentionTransformer (tests/convert/meta_oracle_mllama.py, no llamakit on its path) writes a
+tiny checkpoint and runs it; transformers' MllamaForConditionalGeneration runs llamakit's HF output on the
+same tokens and the same image tiles; the logits must agree, text-only and with the image (the cross-
+attention layers, the vision encoder's local/global transformers, tile/position tables, gates and the
+projector all take part). HF → Meta must load strictly into Meta's code and give Meta's logits again.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("llama_models")
+pytest.importorskip("fairscale")
+
+from tests.convert import meta_oracle_mllama as oracle  # noqa: E402
+
+V = oracle.PARAMS["vocab_size"]
+AR = (2, 1)  # two tiles high, one wide: a ratio whose tile order and id matter (1x2 is a different row)
+
+
+def _inputs(path):
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, V, (2, oracle.SEQ), generator=g)
+    tokens[:, 2] = V  # the image token: Meta's learnable_embedding row 0, HF's embed_tokens row V
+    tiles = torch.randn(AR[0] * AR[1], 3, 28, 28, generator=g)
+    torch.save({"tokens": tokens, "tiles": tiles, "ar": list(AR), "image_at": 2}, path)
+    return tokens, tiles
+
+
+def _hf_logits(d, tokens, tiles, *, shift=True):
+    """transformers on an HF directory: text only, then with the image (pixel_values padded to 4 tiles).
+
+    `shift`: transformers 5.24's MllamaVisionEncoder collects each layer's OUTPUT as hidden_states[i] (no input
+    embedding first), so `intermediate_layers_indices` i reads the features Meta's code (and transformers 4.x,
+    whose convention the published configs' [3, 7, 15, 23, 30] follow) takes at i + 1: the same regression
+    transformers#40083 fixed once. llamakit writes Meta's indices, as the HF release does; to judge the weights
+    the test runs transformers with the indices moved down by one (`test_transformers_intermediate_off_by_one`
+    keeps the difference visible)."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration
+
+    from llamakit.convert.keymap import supported_aspect_ratios
+
+    cfg = MllamaConfig.from_pretrained(d)
+    if shift:
+        cfg.vision_config.intermediate_layers_indices = [i - 1 for i in cfg.vision_config.intermediate_layers_indices]
+    model = MllamaForConditionalGeneration.from_pretrained(d, config=cfg, dtype=torch.float32).eval()
+    b, n = tokens.shape
+    T = 4
+    pixels = torch.zeros(b, 1, T, 3, 28, 28)
+    pixels[:, 0, :len(tiles)] = tiles
+    ar_ids = torch.full((b, 1), supported_aspect_ratios(T).index(AR) + 1)
+    ar_mask = torch.zeros(b, 1, T, dtype=torch.long)
+    ar_mask[:, 0, :len(tiles)] = 1
+    xmask = torch.zeros(b, n, 1, T, dtype=torch.long)
+    xmask[:, 2:, 0, :len(tiles)] = 1
+    with torch.inference_mode():
+        text = model(input_ids=tokens).logits.float()
+        image = model(input_ids=tokens, pixel_values=pixels, aspect_ratio_ids=ar_ids, aspect_ratio_mask=ar_mask,
+                      cross_attention_mask=xmask).logits.float()
+    return {"text": text, "image": image}
+
+
+def _close(a, b, rel=2e-4):
+    return (a - b).abs().max().item() <= rel * b.abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mllama")
+    tokens, tiles = _inputs(tmp / "inputs.pt")
+    oracle.launch("write", tmp / "meta", tmp / "inputs.pt", tmp / "meta.pt")
+    return tmp, tokens, tiles, torch.load(tmp / "meta.pt", weights_only=True)
+
+
+def test_meta_code_and_transformers_agree_both_ways(written):
+    from llamakit.convert.api import convert
+
+    tmp, tokens, tiles, meta = written
+    assert not _close(meta["text"], meta["image"])  # the image changes the logits: the vision path is exercised
+    r = convert(tmp / "meta", tmp / "hf", to="hf", show_progress=False)
+    assert r.check["bit_identical"] and "Llama 3.2 Vision layout: 4 text layers, cross-attention at layers [1, 4]" \
+        in r.generation
+    cfg = json.loads((tmp / "hf" / "config.json").read_text())
+    assert cfg["text_config"]["rope_parameters"]["rope_type"] == "llama3"  # decided by decide.py (errata)
+    hf = _hf_logits(tmp / "hf", tokens, tiles)
+    for kind in ("text", "image"):
+        assert _close(hf[kind], meta[kind]), (kind, (hf[kind] - meta[kind]).abs().max())
+
+    back = convert(tmp / "hf", tmp / "back", to="meta", show_progress=False)
+    assert back.check["bit_identical"]
+    oracle.launch("forward", tmp / "back", tmp / "inputs.pt", tmp / "back.pt")
+    again = torch.load(tmp / "back.pt", weights_only=True)
+    for kind in ("text", "image"):
+        assert _close(again[kind], meta[kind]), kind
+    # HF → Meta → HF is bit-identical: the same tensors, byte for byte
+    convert(tmp / "back", tmp / "hf2", to="hf", show_progress=False)
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp / "hf" / "model.safetensors"), load_file(tmp / "hf2" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("wrong", ["cross_layers", "tile_order"])
+def test_a_wrong_mapping_is_caught(written, monkeypatch, tmp_path, wrong):
+    """Cross-attention layers placed one slot late, or the tile grid read column-major: transformers' logits on
+    the output no longer match Meta's, so the oracle comparison above can fail for these reasons."""
+    from llamakit.convert import keymap
+    from llamakit.convert.api import convert
+
+    tmp, tokens, tiles, meta = written
+    if wrong == "cross_layers":
+        real = keymap.mllama_hf_layer
+        monkeypatch.setattr(keymap, "mllama_hf_layer",
+                            lambda kind, i, s: real(kind, i, s) + (1 if kind == "xattn" else 0) - (
+                                1 if kind == "text" and real(kind, i, s) - 1 in [x + k for k, x in enumerate(s)] else 0))
+        kind = "image"
+    else:
+        real = keymap.tiles_to_hf
+        monkeypatch.setattr(keymap, "tiles_to_hf", lambda g: real(g.transpose(0, 1)))
+        kind = "image"
+    convert(tmp / "meta", tmp_path / "hf", to="hf", check=False, show_progress=False)
+    monkeypatch.undo()
+    hf = _hf_logits(tmp_path / "hf", tokens, tiles)
+    assert not _close(hf[kind], meta[kind])
+
+
+def test_transformers_intermediate_off_by_one(written):
+    """With the published (Meta's) indices transformers 5.24 differs on images only; when a transformers release
+    fixes its vision encoder this fails, and the shift in `_hf_logits` goes."""
+    from llamakit.convert.api import convert
+
+    tmp, tokens, tiles, meta = written
+    if not (tmp / "hf").is_dir():
+        convert(tmp / "meta", tmp / "hf", to="hf", show_progress=False)
+    hf = _hf_logits(tmp / "hf", tokens, tiles, shift=False)
+    assert _close(hf["text"], meta["text"]) and not _close(hf["image"], meta["image"])
