@@ -20,15 +20,19 @@ pytest.importorskip("fairscale")
 from tests.convert import meta_oracle_mllama as oracle  # noqa: E402
 
 V = oracle.PARAMS["vocab_size"]
+IMAGE_AT = 0
 AR = (2, 1)  # two tiles high, one wide: a ratio whose tile order and id matter (1x2 is a different row)
 
 
 def _inputs(path):
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, V, (2, oracle.SEQ), generator=g)
-    tokens[:, 2] = V  # the image token: Meta's learnable_embedding row 0, HF's embed_tokens row V
+    # the image token first, as Llama 3.2 Vision prompts put it: Meta's learnable_embedding row 0, HF's embed_tokens
+    # row V. (A text row before the image differs between the two codes whatever the weights: Meta's CrossAttention
+    # zeroes the attention output of a row that sees no image, transformers 5.24 only its MLP output.)
+    tokens[:, IMAGE_AT] = V
     tiles = torch.randn(AR[0] * AR[1], 3, 28, 28, generator=g)
-    torch.save({"tokens": tokens, "tiles": tiles, "ar": list(AR), "image_at": 2}, path)
+    torch.save({"tokens": tokens, "tiles": tiles, "ar": list(AR), "image_at": IMAGE_AT}, path)
     return tokens, tiles
 
 
@@ -57,7 +61,7 @@ def _hf_logits(d, tokens, tiles, *, shift=True):
     ar_mask = torch.zeros(b, 1, T, dtype=torch.long)
     ar_mask[:, 0, :len(tiles)] = 1
     xmask = torch.zeros(b, n, 1, T, dtype=torch.long)
-    xmask[:, 2:, 0, :len(tiles)] = 1
+    xmask[:, IMAGE_AT:, 0, :len(tiles)] = 1
     with torch.inference_mode():
         text = model(input_ids=tokens).logits.float()
         image = model(input_ids=tokens, pixel_values=pixels, aspect_ratio_ids=ar_ids, aspect_ratio_mask=ar_mask,
