@@ -275,6 +275,14 @@ def _vision_block(meta: str, hf: str, kind: str, gated: bool) -> tuple[MRule, ..
     return tuple(rows)
 
 
+def _ffn(meta: str, kind: str) -> tuple[MRule, ...]:
+    """The SwiGLU feed-forward of a decoder layer (both kinds have Meta's FeedForward)."""
+    return (MRule(meta + "ffn_norm.weight", _HL + "post_attention_layernorm.weight", None, kind),
+            MRule(meta + "feed_forward.w1.weight", _HL + "mlp.gate_proj.weight", 0, kind),
+            MRule(meta + "feed_forward.w2.weight", _HL + "mlp.down_proj.weight", 1, kind),
+            MRule(meta + "feed_forward.w3.weight", _HL + "mlp.up_proj.weight", 0, kind))
+
+
 MLLAMA_RULES: tuple[MRule, ...] = (
     MRule(_T + "tok_embeddings.weight", "language_model.model.embed_tokens.weight", 0, transform="rows", slot=0),
     MRule(_T + "learnable_embedding.weight", "language_model.model.embed_tokens.weight", 0, transform="rows", slot=1),
@@ -284,10 +292,7 @@ MLLAMA_RULES: tuple[MRule, ...] = (
     MRule(_T + "layers.{i}.attention.wk.weight", _HL + "self_attn.k_proj.weight", 0, "text", "rope"),
     MRule(_T + "layers.{i}.attention.wv.weight", _HL + "self_attn.v_proj.weight", 0, "text"),
     MRule(_T + "layers.{i}.attention.wo.weight", _HL + "self_attn.o_proj.weight", 1, "text"),
-    MRule(_T + "layers.{i}.ffn_norm.weight", _HL + "post_attention_layernorm.weight", None, "text"),
-    MRule(_T + "layers.{i}.feed_forward.w1.weight", _HL + "mlp.gate_proj.weight", 0, "text"),
-    MRule(_T + "layers.{i}.feed_forward.w2.weight", _HL + "mlp.down_proj.weight", 1, "text"),
-    MRule(_T + "layers.{i}.feed_forward.w3.weight", _HL + "mlp.up_proj.weight", 0, "text"),
+    *_ffn(_T + "layers.{i}.", "text"),
     # cross-attention decoder layers (tanh-gated; q/k RMS-normed per head, no rotary)
     MRule(_X + "gate_attn", _HL + "cross_attn_attn_gate", None, "xattn"),
     MRule(_X + "gate_ffwd", _HL + "cross_attn_mlp_gate", None, "xattn"),
@@ -298,10 +303,7 @@ MLLAMA_RULES: tuple[MRule, ...] = (
     MRule(_X + "attention.wo.weight", _HL + "cross_attn.o_proj.weight", 1, "xattn"),
     MRule(_X + "attention.q_norm.weight", _HL + "cross_attn.q_norm.weight", None, "xattn"),
     MRule(_X + "attention.k_norm.weight", _HL + "cross_attn.k_norm.weight", None, "xattn"),
-    MRule(_X + "ffn_norm.weight", _HL + "post_attention_layernorm.weight", None, "xattn"),
-    MRule(_X + "feed_forward.w1.weight", _HL + "mlp.gate_proj.weight", 0, "xattn"),
-    MRule(_X + "feed_forward.w2.weight", _HL + "mlp.down_proj.weight", 1, "xattn"),
-    MRule(_X + "feed_forward.w3.weight", _HL + "mlp.up_proj.weight", 0, "xattn"),
+    *_ffn(_X, "xattn"),
     MRule(_T + "norm.weight", "language_model.model.norm.weight", None),
     MRule(_T + "output.weight", "language_model.lm_head.weight", 0),
     # vision encoder: patch embedding, class token, position and tile tables, local and global transformers
@@ -377,7 +379,7 @@ def tiles_to_hf(grid: "torch.Tensor") -> "torch.Tensor":
 
     T, _, P, W = grid.shape
     ratios = supported_aspect_ratios(T)
-    out = torch.zeros(len(ratios) + 1, T, P, W, dtype=grid.dtype)
+    out = torch.zeros(len(ratios) + 1, T, P, W, dtype=grid.dtype, device=grid.device)
     for n, (h, w) in enumerate(ratios, 1):
         out[n, :h * w] = grid[:h, :w].reshape(h * w, P, W)
     return out.reshape(len(ratios) + 1, T * P * W)

@@ -211,3 +211,19 @@ def from_params(params: dict, shapes: dict[str, tuple[int, ...]], *, path: Path,
                 hidden_dim=F, norm_eps=float(params.get("norm_eps", 1e-5)),
                 rope_theta=float(params.get("rope_theta", 500000.0)), max_position_embeddings=8192)
     return MllamaArch(text, n_cross, vis, n_new)
+
+
+def from_release(rel, *, image_size: int = 560) -> MllamaArch:
+    """A catalog release's architecture at full size, the vision encoder as Meta's code builds it (tile size 560,
+    as the HF releases' image_size; llama-models' sku_list says 448 for 11B, and no weight depends on it but
+    the 1025-row position tables)."""
+    from llamakit.convert.arch import meta_ffn_dim
+
+    m, c = rel.meta, VISION_CONSTANTS
+    text = Arch(dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=m.n_kv_heads or m.n_heads,
+                vocab_size=m.vocab_size, hidden_dim=meta_ffn_dim(m.dim, m.multiple_of, m.ffn_dim_multiplier),
+                norm_eps=m.norm_eps, rope_theta=m.rope_theta, max_position_embeddings=rel.context_length or 131072)
+    vision = VisionArch(width=c["width"], layers=c["layers"], global_layers=c["global_layers"], heads=c["heads"],
+                        hidden=4 * c["width"], patch=c["patch"], image_size=image_size, max_tiles=c["max_tiles"],
+                        intermediate=c["intermediate"])
+    return MllamaArch(text, rel.vision.cross_attention_layers, vision)
