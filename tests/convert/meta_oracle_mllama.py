@@ -5,7 +5,7 @@
 
 `write` builds Meta's CrossAttentionTransformer at tiny widths, fills it with seeded random weights (fairscale's
 master-weight initialisation for the parallel layers; every gate non-zero so that each one matters) and saves
-its `state_dict()` as consolidated.00.pth (bf16, as Meta ships) + params.json. `forward` loads a directory's
+each rank's `state_dict()` as consolidated.NN.pth (bf16, as Meta ships) + params.json. `forward` loads a directory's
 shard strictly into a freshly built CrossAttentionTransformer. Both then run Meta's forward on INPUTS: a text-only
 batch (`text_only_inference`), and the same tokens with one image, through Meta's compute_vision_tokens_masks
 (vision encoder, projector, cross-attention caches and masks), and save the logits.
@@ -37,6 +37,7 @@ PARAMS = dict(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=160, multi
               vision_heads=2, vision_intermediate_layers=[1, 3])
 VISION = dict(width=32, layers=4, heads=2, n_global_layers=2, return_intermediate=[1, 3])
 SEQ = 12
+MAX_SEQ = 8192  # room for the spread positions (Meta's KV cache and mask are this long)
 
 
 def _setup():
@@ -94,7 +95,7 @@ def _build(M, *, seeded: bool):
 
     L._initialize_affine_weight, M.VisionEncoder = init, tiny_encoder
     try:
-        args = ModelArgs(**PARAMS, max_batch_size=2, max_seq_len=32)
+        args = ModelArgs(**PARAMS, max_batch_size=2, max_seq_len=MAX_SEQ)
         model = M.CrossAttentionTransformer(args)
         vm = model.vision_model  # the projector for the tiny encoder's output width (Meta hard-codes 6 × 1280)
         vm.vision_input_dim = (len(VISION["return_intermediate"]) + 1) * VISION["width"]
@@ -128,7 +129,24 @@ def run(M, model, inputs: dict) -> dict:
                                                                torch.device("cpu"))
     text = model.forward(pos, tokens, xmask, rowmask, caches, text_only_inference=True)  # cross-attention skipped
     image = model.forward(pos, tokens, xmask, rowmask, caches)
-    return {"text": text.float(), "image": image.float()}
+    got = {"text": text.float(), "image": image.float()}
+    spread = inputs.get("spread")
+    if spread is not None:  # the same tokens at spread position ids, through Meta's forward
+        total = int(spread.max()) + 1
+        full = torch.zeros(bsz, total, dtype=tokens.dtype)
+        full[:, spread] = tokens
+        caches, xmask, rowmask = model.compute_vision_tokens_masks([[tiles]] * bsz, [[[int(spread[start]), -1]]] * bsz,
+                                                                   total, torch.device("cpu"))
+        # Meta's causal mask assumes a KV cache filled from position 0; here only `spread` is filled, so its
+        # buffer is narrowed to those columns (nothing else of Meta's forward changes)
+        tm = model.text_model
+        keep = torch.zeros(tm.max_seq_len, dtype=torch.bool)
+        keep[spread] = True
+        causal = tm.mask_cache
+        tm.mask_cache = causal & keep
+        got["spread"] = model.forward(spread, full, xmask, rowmask, caches).float()
+        tm.mask_cache = causal
+    return got
 
 
 def main(argv: list[str]) -> None:
@@ -157,20 +175,24 @@ def main(argv: list[str]) -> None:
     dist.destroy_process_group()
 
 
-def launch(mode: str, directory, inputs, out, *, timeout: float = 600) -> None:
+def launch(mode: str, directory, inputs, out, *, nproc: int = 1, timeout: float = 600) -> None:
+    """This file in `nproc` processes, one per model-parallel rank (torchrun's environment contract)."""
     import socket
     import subprocess
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="1", RANK="0", LOCAL_RANK="0",
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(nproc),
                GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)  # nothing of llamakit on the oracle's path
-    p = subprocess.run([sys.executable, __file__, mode, str(directory), str(inputs), str(out)], env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=timeout)
-    if p.returncode:
-        raise RuntimeError(f"Meta's code failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
+    procs = [subprocess.Popen([sys.executable, __file__, mode, str(directory), str(inputs), str(out)],
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for r in range(nproc)]
+    errs = [p.communicate(timeout=timeout)[1] for p in procs]
+    bad = [(r, p.returncode, e) for r, (p, e) in enumerate(zip(procs, errs)) if p.returncode]
+    if bad:
+        raise RuntimeError(f"Meta's code failed on rank {bad[0][0]} (exit {bad[0][1]}):\n{bad[0][2][-3000:]}")
 
 
 if __name__ == "__main__":

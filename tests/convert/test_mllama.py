@@ -21,6 +21,8 @@ from tests.convert import meta_oracle_mllama as oracle  # noqa: E402
 
 V = oracle.PARAMS["vocab_size"]
 IMAGE_AT = 0
+# position ids far apart (up to 8000: llama3 rope scaling moves the low frequencies visibly there)
+SPREAD = torch.tensor([0, 1, 2, 3, 517, 518, 2048, 2049, 4100, 6000, 7999, 8000])
 AR = (2, 1)  # two tiles high, one wide: a ratio whose tile order and id matter (1x2 is a different row)
 
 
@@ -32,7 +34,7 @@ def _inputs(path):
     # zeroes the attention output of a row that sees no image, transformers 5.24 only its MLP output.)
     tokens[:, IMAGE_AT] = V
     tiles = torch.randn(AR[0] * AR[1], 3, 28, 28, generator=g)
-    torch.save({"tokens": tokens, "tiles": tiles, "ar": list(AR), "image_at": IMAGE_AT}, path)
+    torch.save({"tokens": tokens, "tiles": tiles, "ar": list(AR), "image_at": IMAGE_AT, "spread": SPREAD}, path)
     return tokens, tiles
 
 
@@ -66,40 +68,58 @@ def _hf_logits(d, tokens, tiles, *, shift=True):
         text = model(input_ids=tokens).logits.float()
         image = model(input_ids=tokens, pixel_values=pixels, aspect_ratio_ids=ar_ids, aspect_ratio_mask=ar_mask,
                       cross_attention_mask=xmask).logits.float()
-    return {"text": text, "image": image}
+        spread = model(input_ids=tokens, pixel_values=pixels, aspect_ratio_ids=ar_ids, aspect_ratio_mask=ar_mask,
+                       cross_attention_mask=xmask, position_ids=SPREAD.expand(b, -1)).logits.float()
+    return {"text": text, "image": image, "spread": spread}
 
 
 def _close(a, b, rel=2e-4):
     return (a - b).abs().max().item() <= rel * b.abs().max().item()
 
 
+_WRITTEN: dict = {}
+
+
+def _written(factory, mp: int):
+    """Meta's code writes the tiny checkpoint at model-parallel degree `mp` (fairscale splits it) and runs it."""
+    if mp not in _WRITTEN:
+        tmp = factory.mktemp(f"mllama-mp{mp}")
+        tokens, tiles = _inputs(tmp / "inputs.pt")
+        oracle.launch("write", tmp / "meta", tmp / "inputs.pt", tmp / "meta.pt", nproc=mp)
+        _WRITTEN[mp] = (tmp, tokens, tiles, torch.load(tmp / "meta.pt", weights_only=True))
+    return _WRITTEN[mp]
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["mp1", "mp2"])
+def written_mp(request, tmp_path_factory):
+    return request.param, _written(tmp_path_factory, request.param)
+
+
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mllama")
-    tokens, tiles = _inputs(tmp / "inputs.pt")
-    oracle.launch("write", tmp / "meta", tmp / "inputs.pt", tmp / "meta.pt")
-    return tmp, tokens, tiles, torch.load(tmp / "meta.pt", weights_only=True)
+    return _written(tmp_path_factory, 1)
 
 
-def test_meta_code_and_transformers_agree_both_ways(written):
+def test_meta_code_and_transformers_agree_both_ways(written_mp):
     from llamakit.convert.api import convert
 
-    tmp, tokens, tiles, meta = written
+    mp, (tmp, tokens, tiles, meta) = written_mp
     assert not _close(meta["text"], meta["image"])  # the image changes the logits: the vision path is exercised
+    assert not _close(meta["spread"], meta["image"])  # and the positions change them: rotary is exercised
     r = convert(tmp / "meta", tmp / "hf", to="hf", show_progress=False)
-    assert r.check["bit_identical"] and "Llama 3.2 Vision layout: 4 text layers, cross-attention at layers [1, 4]" \
+    assert r.mp_in == mp and r.check["bit_identical"] and "Llama 3.2 Vision layout: 4 text layers, cross-attention at layers [1, 4]" \
         in r.generation
     cfg = json.loads((tmp / "hf" / "config.json").read_text())
     assert cfg["text_config"]["rope_parameters"]["rope_type"] == "llama3"  # decided by decide.py (errata)
     hf = _hf_logits(tmp / "hf", tokens, tiles)
-    for kind in ("text", "image"):
+    for kind in ("text", "image", "spread"):
         assert _close(hf[kind], meta[kind]), (kind, (hf[kind] - meta[kind]).abs().max())
 
-    back = convert(tmp / "hf", tmp / "back", to="meta", show_progress=False)
-    assert back.check["bit_identical"]
-    oracle.launch("forward", tmp / "back", tmp / "inputs.pt", tmp / "back.pt")
+    back = convert(tmp / "hf", tmp / "back", to="meta", mp=mp, show_progress=False)
+    assert back.check["bit_identical"] and back.mp_out == mp
+    oracle.launch("forward", tmp / "back", tmp / "inputs.pt", tmp / "back.pt", nproc=mp)
     again = torch.load(tmp / "back.pt", weights_only=True)
-    for kind in ("text", "image"):
+    for kind in ("text", "image", "spread"):
         assert _close(again[kind], meta[kind]), kind
     # HF → Meta → HF is bit-identical: the same tensors, byte for byte
     convert(tmp / "back", tmp / "hf2", to="hf", show_progress=False)
