@@ -129,10 +129,11 @@ def test_meta_code_and_transformers_agree_both_ways(written_mp):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("wrong", ["cross_layers", "tile_order"])
+@pytest.mark.parametrize("wrong", ["cross_layers", "tile_order", "gate_swap", "rope_factor"])
 def test_a_wrong_mapping_is_caught(written, monkeypatch, tmp_path, wrong):
-    """Cross-attention layers placed one slot late, or the tile grid read column-major: transformers' logits on
-    the output no longer match Meta's, so the oracle comparison above can fail for these reasons."""
+    """Cross-attention layers placed one slot late, the tile grid read column-major, the two cross-attention gates
+    swapped, or rope scaling factor 32 instead of the errata's 8: transformers' logits on the output no longer match
+    Meta's, so the oracle comparison above can fail for each of these reasons."""
     from llamakit.convert import keymap
     from llamakit.convert.api import convert
 
@@ -143,12 +144,24 @@ def test_a_wrong_mapping_is_caught(written, monkeypatch, tmp_path, wrong):
                             lambda kind, i, s: real(kind, i, s) + (1 if kind == "xattn" else 0) - (
                                 1 if kind == "text" and real(kind, i, s) - 1 in [x + k for k, x in enumerate(s)] else 0))
         kind = "image"
-    else:
+    elif wrong == "tile_order":
         real = keymap.tiles_to_hf
         monkeypatch.setattr(keymap, "tiles_to_hf", lambda g: real(g.transpose(0, 1)))
         kind = "image"
+    elif wrong == "gate_swap":
+        swap = {"cross_attn_attn_gate": "cross_attn_mlp_gate", "cross_attn_mlp_gate": "cross_attn_attn_gate"}
+        rules = tuple(r.__class__(r.meta, r.hf.rsplit(".", 1)[0] + "." + swap[r.hf.rsplit(".", 1)[1]], r.split, r.layers)
+                      if r.hf.rsplit(".", 1)[1] in swap else r for r in keymap.MLLAMA_RULES)
+        monkeypatch.setattr(keymap, "MLLAMA_RULES", rules)
+        kind = "image"
     convert(tmp / "meta", tmp_path / "hf", to="hf", check=False, show_progress=False)
     monkeypatch.undo()
+    if wrong == "rope_factor":
+        cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+        assert cfg["text_config"]["rope_parameters"]["factor"] == 8.0
+        cfg["text_config"]["rope_parameters"]["factor"] = 32.0
+        (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+        kind = "spread"
     hf = _hf_logits(tmp_path / "hf", tokens, tiles)
     assert not _close(hf[kind], meta[kind])
 
