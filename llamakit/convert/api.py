@@ -98,8 +98,9 @@ def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", che
                              "reading it back bit-identical", fix="drop --reference meta")
         from llamakit.convert import llama4_io, mllama_io
 
-        return (mllama_io if source.family == "mllama" else llama4_io).convert(source, dst, to=to, mp=mp, cast=cast, max_shard_size=max_shard_size, check=check,
-                                 force=force, show_progress=show_progress, t0=t0)
+        return (mllama_io if source.family == "mllama" else llama4_io).convert(
+            source, dst, to=to, mp=mp, cast=cast, max_shard_size=max_shard_size, check=check,
+            force=force, show_progress=show_progress, t0=t0)
     arch = source.arch
     mp_out = mp or (source.mp if source.fmt == "meta" else 1)
     if to == "meta":

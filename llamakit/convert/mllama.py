@@ -132,10 +132,12 @@ class MllamaMetaSource:
     vision = True
 
     def __init__(self, directory: Path, params: dict):
+        from llamakit.convert.arch import validate_params_json
         from llamakit.convert.meta_plan import shard_files
         from llamakit.convert.pth import load_pth
 
         self.path = Path(directory)
+        params = validate_params_json(self.path / "params.json")  # typed, one-line errors for a bad file
         paths = shard_files(self.path)
         self.mp = len(paths)
         self._shards = [load_pth(p) for p in paths]
@@ -323,6 +325,3 @@ def _shard_of(t, split: int | None, rank: int, mp: int):
     n = t.shape[split] // mp
     return t.narrow(split, rank * n, n)
 
-
-def open_meta(directory: Path, params: dict) -> MllamaMetaSource:
-    return MllamaMetaSource(directory, params)

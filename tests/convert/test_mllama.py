@@ -176,3 +176,76 @@ def test_transformers_intermediate_off_by_one(written):
         convert(tmp / "meta", tmp / "hf", to="hf", show_progress=False)
     hf = _hf_logits(tmp / "hf", tokens, tiles, shift=False)
     assert _close(hf["text"], meta["text"]) and not _close(hf["image"], meta["image"])
+
+
+def test_cli_says_what_it_detected(written, monkeypatch, capsys, tmp_path):
+    from llamakit.cli import main
+
+    tmp = written[0]
+    monkeypatch.setattr("sys.argv", ["llamakit", "convert", str(tmp / "meta"), str(tmp_path / "hf"), "--to", "hf"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out = capsys.readouterr()
+    assert exc.value.code in (0, None), out.err
+    said = " ".join((out.out + out.err).split())  # the console wraps long lines
+    assert ("Llama 3.2 Vision layout: 4 text layers, cross-attention at layers [1, 4] of 6, vision encoder 4+2 layers "
+            "× 32") in said
+    assert "llama3-rope-constants" in said  # the rope scaling came from the errata, via decide.py
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_bad_inputs_are_refused_in_one_line(written, monkeypatch, capsys, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from llamakit.convert.api import convert
+    from tests.convert.test_errors import assert_refused, run_cli
+
+    tmp = written[0]
+    # params.json that does not belong to the shards
+    bad = _copy(tmp / "meta", tmp_path / "badparams")
+    p = json.loads((bad / "params.json").read_text())
+    p["vision_num_cross_attention_layers"] = 3
+    (bad / "params.json").write_text(json.dumps(p))
+    code, err = run_cli(monkeypatch, capsys, bad, tmp_path / "out", "--to", "hf")
+    assert_refused(tmp_path, code, err, mentions=("params.json", "cross-attention"))
+    # an HF tile table that no Meta grid can be: two aspect ratios disagree on a shared tile
+    if not (tmp / "hf").is_dir():
+        convert(tmp / "meta", tmp / "hf", to="hf", show_progress=False)
+    hf = _copy(tmp / "hf", tmp_path / "badtiles")
+    sd = load_file(hf / "model.safetensors")
+    k = "vision_model.pre_tile_positional_embedding.embedding.weight"
+    sd[k] = sd[k].clone()
+    sd[k][2, :8] += 1  # ratio 1x2's first tile, which ratio 1x1 also holds
+    save_file(sd, hf / "model.safetensors", metadata={"format": "pt"})
+    code, err = run_cli(monkeypatch, capsys, hf, tmp_path / "out", "--to", "meta")
+    assert_refused(tmp_path, code, err, mentions=(k, "disagrees"))
+
+
+def test_transformers_5_key_names_are_read(written, tmp_path):
+    """MllamaForConditionalGeneration.state_dict() names (model.language_model..., lm_head) convert like the Hub's."""
+    from safetensors.torch import load_file, save_file
+
+    from llamakit.convert.api import convert
+
+    tmp = written[0]
+    if not (tmp / "hf").is_dir():
+        convert(tmp / "meta", tmp / "hf", to="hf", show_progress=False)
+    hf = _copy(tmp / "hf", tmp_path / "hf5")
+    sd = load_file(hf / "model.safetensors")
+    renamed = {("model." + k.replace("language_model.model.", "language_model.", 1) if not k.startswith("language_model.lm_head")
+                else k.replace("language_model.", "", 1)): v for k, v in sd.items()}
+    assert "lm_head.weight" in renamed and "model.language_model.norm.weight" in renamed
+    save_file(renamed, hf / "model.safetensors", metadata={"format": "pt"})
+    r = convert(hf, tmp_path / "meta", to="meta", show_progress=False)
+    from llamakit.convert.pth import load_pth
+
+    want, got = load_pth(tmp / "meta" / "consolidated.00.pth"), load_pth(tmp_path / "meta" / "consolidated.00.pth")
+    assert r.check["bit_identical"] and want.keys() == got.keys()
+    tiles = [k for k in want if k.endswith(("gated_positional_embedding", "tile_pos_embed.embedding"))]
+    assert all(torch.equal(want[k], got[k]) for k in want if k not in tiles)
