@@ -24,7 +24,6 @@ Nothing here imports llamakit.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -78,30 +77,25 @@ def _build(M, *, seeded: bool):
     import fairscale.nn.model_parallel.layers as L
     from llama_models.llama3.args import ModelArgs
 
-    real_init, real_encoder = L._initialize_affine_weight, M.VisionEncoder
+    from meta_oracle import seeded_master_weights  # tests/convert/, beside this file
+
+    real_encoder = M.VisionEncoder
     g = torch.Generator().manual_seed(0)
-
-    def init(weight, out_features, in_features, per_partition_size, partition_dim, init_method, stride=1,
-             return_master_weight=False):
-        def fill(w):
-            with torch.no_grad():
-                return w.copy_(torch.randn(w.shape, generator=g) / in_features ** 0.5)
-
-        return real_init(weight, out_features, in_features, per_partition_size, partition_dim,
-                         fill if seeded else init_method, stride, return_master_weight)
 
     def tiny_encoder(**kw):
         return real_encoder(**{**kw, **VISION})
 
-    L._initialize_affine_weight, M.VisionEncoder = init, tiny_encoder
+    M.VisionEncoder = tiny_encoder
     try:
-        args = ModelArgs(**PARAMS, max_batch_size=2, max_seq_len=MAX_SEQ)
-        model = M.CrossAttentionTransformer(args)
-        vm = model.vision_model  # the projector for the tiny encoder's output width (Meta hard-codes 6 × 1280)
-        vm.vision_input_dim = (len(VISION["return_intermediate"]) + 1) * VISION["width"]
-        vm.vision_projection = L.ColumnParallelLinear(vm.vision_input_dim, args.dim, bias=True, init_method=lambda x: x)
+        with seeded_master_weights(g, seeded):
+            args = ModelArgs(**PARAMS, max_batch_size=2, max_seq_len=MAX_SEQ)
+            model = M.CrossAttentionTransformer(args)
+            vm = model.vision_model  # the projector for the tiny encoder's output width (Meta hard-codes 6 × 1280)
+            vm.vision_input_dim = (len(VISION["return_intermediate"]) + 1) * VISION["width"]
+            vm.vision_projection = L.ColumnParallelLinear(vm.vision_input_dim, args.dim, bias=True,
+                                                          init_method=lambda x: x)
     finally:
-        L._initialize_affine_weight, M.VisionEncoder = real_init, real_encoder
+        M.VisionEncoder = real_encoder
     if seeded:
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -176,23 +170,10 @@ def main(argv: list[str]) -> None:
 
 
 def launch(mode: str, directory, inputs, out, *, nproc: int = 1, timeout: float = 600) -> None:
-    """This file in `nproc` processes, one per model-parallel rank (torchrun's environment contract)."""
-    import socket
-    import subprocess
+    """This file in `nproc` processes, one per model-parallel rank."""
+    from meta_oracle import run_ranks  # tests/convert/, beside this file
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(nproc),
-               GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    env.pop("PYTHONPATH", None)  # nothing of llamakit on the oracle's path
-    procs = [subprocess.Popen([sys.executable, __file__, mode, str(directory), str(inputs), str(out)],
-                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for r in range(nproc)]
-    errs = [p.communicate(timeout=timeout)[1] for p in procs]
-    bad = [(r, p.returncode, e) for r, (p, e) in enumerate(zip(procs, errs)) if p.returncode]
-    if bad:
-        raise RuntimeError(f"Meta's code failed on rank {bad[0][0]} (exit {bad[0][1]}):\n{bad[0][2][-3000:]}")
+    run_ranks(__file__, [mode, directory, inputs, out], nproc=nproc, timeout=timeout)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("llama_models")
 pytest.importorskip("fairscale")
 
-from tests.convert import meta_oracle_mllama as oracle  # noqa: E402
+import meta_oracle_mllama as oracle  # noqa: E402
 
 V = oracle.PARAMS["vocab_size"]
 IMAGE_AT = 0
@@ -90,7 +90,7 @@ def _written(factory, mp: int):
     return _WRITTEN[mp]
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["mp1", "mp2"])
+@pytest.fixture(scope="module", params=[1, pytest.param(2, marks=pytest.mark.slow)], ids=["mp1", "mp2"])
 def written_mp(request, tmp_path_factory):
     return request.param, _written(tmp_path_factory, request.param)
 
