@@ -228,7 +228,8 @@ def test_bad_inputs_are_refused_in_one_line(written, monkeypatch, capsys, tmp_pa
 
 
 def test_transformers_5_key_names_are_read(written, tmp_path):
-    """MllamaForConditionalGeneration.state_dict() names (model.language_model..., lm_head) convert like the Hub's."""
+    """MllamaForConditionalGeneration.state_dict() names (model.language_model..., lm_head) convert like the Hub's
+    (and a stated context length, which Meta's files do not carry, does not fail the read-back check)."""
     from safetensors.torch import load_file, save_file
 
     from llamakit.convert.api import convert
@@ -242,6 +243,9 @@ def test_transformers_5_key_names_are_read(written, tmp_path):
                 else k.replace("language_model.", "", 1)): v for k, v in sd.items()}
     assert "lm_head.weight" in renamed and "model.language_model.norm.weight" in renamed
     save_file(renamed, hf / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((hf / "config.json").read_text())  # a context Meta's params.json cannot record: not a weight
+    cfg["text_config"]["max_position_embeddings"] = 4096
+    (hf / "config.json").write_text(json.dumps(cfg))
     r = convert(hf, tmp_path / "meta", to="meta", show_progress=False)
     from llamakit.convert.pth import load_pth
 
