@@ -96,14 +96,15 @@ def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", che
     # A Meta -> HF conversion that does not cast only copies bytes: it plans and writes without torch. The
     # check imports torch itself, on the worker thread, while the bytes are copied.
     source = detect.open_source(src, torch_free=to == "hf" and cast is None)
-    if getattr(source, "family", None) == "llama4":  # Meta's fused Llama 4 layout: convert/llama4*.py
+    if getattr(source, "family", None) in ("llama4", "mllama"):  # Llama 4 / 3.2 Vision: convert/llama4*.py, mllama*.py
         if reference == "meta":
             raise UsageError("--reference meta runs Meta's Llama 1-3 code; a Llama 4 conversion is checked by "
                              "reading it back bit-identical", fix="drop --reference meta")
-        from llamakit.convert import llama4_io
+        from llamakit.convert import llama4_io, mllama_io
 
-        return llama4_io.convert(source, dst, to=to, mp=mp, cast=cast, max_shard_size=max_shard_size, check=check,
-                                 force=force, show_progress=show_progress, t0=t0)
+        return (mllama_io if source.family == "mllama" else llama4_io).convert(
+            source, dst, to=to, mp=mp, cast=cast, max_shard_size=max_shard_size, check=check,
+            force=force, show_progress=show_progress, t0=t0)
     arch = source.arch
     mp_out = mp or (source.mp if source.fmt == "meta" else 1)
     if to == "meta":

@@ -69,20 +69,24 @@ def open_source(src: Path, *, torch_free: bool = False):
 
         params = _json_or_none(path / "params.json")
         if params is not None:
-            from llamakit.convert import llama4
+            from llamakit.convert import llama4, mllama
 
             if llama4.is_llama4_params(params):  # Llama 4's shipped layout has its own reader (convert/llama4.py)
                 return llama4.open_meta(path, params)
+            if mllama.is_mllama_params(params):  # Llama 3.2 Vision (convert/mllama*.py)
+                return mllama.MllamaMetaSource(path, params)
 
         return MetaSource(path, torch_free=torch_free)  # decides in plan_shards: its facts need the shards
     from llamakit.convert.decide import Facts, decide
 
     if fmt == "hf":
-        from llamakit.convert import llama4
+        from llamakit.convert import llama4, mllama
         from llamakit.convert.hf import HFSource
 
         if llama4.is_llama4_config(path / "config.json"):
             return llama4.Llama4HFSource(path)
+        if mllama.is_mllama_config(path / "config.json"):  # Llama 3.2 Vision (convert/mllama*.py)
+            return mllama.MllamaHFSource(path)
 
         source = HFSource(path, legacy_embedding=hf_uses_sentencepiece(path))
         output = "absent" if source.arch.tied else "distinct"  # config.json states it

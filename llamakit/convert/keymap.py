@@ -15,6 +15,7 @@ the HF side ever permutes.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -254,3 +255,195 @@ def llama4_lookup(key: str, fmt: str, *, path=None) -> list[tuple[L4Rule, int | 
     if not found:
         raise UnknownKeyError(key, path=path, direction=f"Llama 4 {fmt} checkpoint")
     return found
+
+
+# --- Llama 3.2 Vision (mllama): Meta's CrossAttentionTransformer ⇄ transformers' Mllama ---------------------
+# Meta's files are the state_dict of llama-models' multimodal CrossAttentionTransformer (llama3/generation.py
+# loads them strictly, no load hooks rename anything): the text model keeps its self-attention layers
+# (`text_model.layers.{i}`) and its cross-attention layers (`text_model.cross_attention_layers.{i}`) in two
+# lists, the added image-token rows in `learnable_embedding`, and the vision encoder's tile position tables as
+# (tiles, tiles, patches, width) grids. MllamaForConditionalGeneration (as save_pretrained writes it)
+# interleaves both layer kinds in one `language_model.model.layers` list, keeps one embedding with the added
+# rows appended, and stores each tile table precomputed per supported aspect ratio. Each row relates one Meta
+# tensor to one HF tensor; `layers` says which list {i} counts in:
+#   text | xattn  Meta's index in layers / cross_attention_layers; the HF index comes from `mllama_hf_layer`
+#   local | global the vision encoder's transformer / global_transformer blocks (the same index in both)
+#   transform  rope: q/k interleaved pairs → rotate_half halves (self-attention only: cross-attention has no
+#              rotary); patch: Meta's unfold+linear (W, C·p·p) ⇄ HF's conv (W, C, p, p); tiles: the per-tile
+#              grid ⇄ the per-aspect-ratio table (`tiles_to_hf`); rows: the Meta tensor is row block `slot` of
+#              the HF tensor (embed_tokens = tok_embeddings rows, then learnable_embedding rows).
+# split: the dim along which Meta's model-parallel shards hold pieces (None: replicated).
+
+
+@dataclass(frozen=True)
+class MRule:
+    meta: str
+    hf: str
+    split: int | None
+    layers: str = ""  # "" | "text" | "xattn" | "local" | "global"
+    transform: str | None = None  # None | "rope" | "patch" | "tiles" | "rows"
+    slot: int = 0
+
+
+_T, _X, _V = "text_model.", "text_model.cross_attention_layers.{i}.", "vision_model.vision_encoder."
+_HL, _HV = "language_model.model.layers.{i}.", "vision_model."
+
+
+def _vision_block(meta: str, hf: str, kind: str, gated: bool) -> tuple[MRule, ...]:
+    m, h = _V + meta + ".resblocks.{i}.", _HV + hf + ".layers.{i}."
+    rows = [MRule(m + "attn.wq.weight", h + "self_attn.q_proj.weight", 0, kind),
+            MRule(m + "attn.wk.weight", h + "self_attn.k_proj.weight", 0, kind),
+            MRule(m + "attn.wv.weight", h + "self_attn.v_proj.weight", 0, kind),
+            MRule(m + "attn.wo.weight", h + "self_attn.o_proj.weight", 1, kind),
+            MRule(m + "mlp.c_fc.weight", h + "mlp.fc1.weight", 0, kind),
+            MRule(m + "mlp.c_fc.bias", h + "mlp.fc1.bias", 0, kind),
+            MRule(m + "mlp.c_proj.weight", h + "mlp.fc2.weight", 1, kind),
+            MRule(m + "mlp.c_proj.bias", h + "mlp.fc2.bias", None, kind),
+            MRule(m + "ln_1.weight", h + "input_layernorm.weight", None, kind),
+            MRule(m + "ln_1.bias", h + "input_layernorm.bias", None, kind),
+            MRule(m + "ln_2.weight", h + "post_attention_layernorm.weight", None, kind),
+            MRule(m + "ln_2.bias", h + "post_attention_layernorm.bias", None, kind)]
+    if gated:
+        rows += [MRule(m + "gate_attn", h + "gate_attn", None, kind), MRule(m + "gate_ffn", h + "gate_ffn", None, kind)]
+    return tuple(rows)
+
+
+def _ffn(meta: str, kind: str) -> tuple[MRule, ...]:
+    """The SwiGLU feed-forward of a decoder layer (both kinds have Meta's FeedForward)."""
+    return (MRule(meta + "ffn_norm.weight", _HL + "post_attention_layernorm.weight", None, kind),
+            MRule(meta + "feed_forward.w1.weight", _HL + "mlp.gate_proj.weight", 0, kind),
+            MRule(meta + "feed_forward.w2.weight", _HL + "mlp.down_proj.weight", 1, kind),
+            MRule(meta + "feed_forward.w3.weight", _HL + "mlp.up_proj.weight", 0, kind))
+
+
+MLLAMA_RULES: tuple[MRule, ...] = (
+    MRule(_T + "tok_embeddings.weight", "language_model.model.embed_tokens.weight", 0, transform="rows", slot=0),
+    MRule(_T + "learnable_embedding.weight", "language_model.model.embed_tokens.weight", 0, transform="rows", slot=1),
+    # self-attention decoder layers
+    MRule(_T + "layers.{i}.attention_norm.weight", _HL + "input_layernorm.weight", None, "text"),
+    MRule(_T + "layers.{i}.attention.wq.weight", _HL + "self_attn.q_proj.weight", 0, "text", "rope"),
+    MRule(_T + "layers.{i}.attention.wk.weight", _HL + "self_attn.k_proj.weight", 0, "text", "rope"),
+    MRule(_T + "layers.{i}.attention.wv.weight", _HL + "self_attn.v_proj.weight", 0, "text"),
+    MRule(_T + "layers.{i}.attention.wo.weight", _HL + "self_attn.o_proj.weight", 1, "text"),
+    *_ffn(_T + "layers.{i}.", "text"),
+    # cross-attention decoder layers (tanh-gated; q/k RMS-normed per head, no rotary)
+    MRule(_X + "gate_attn", _HL + "cross_attn_attn_gate", None, "xattn"),
+    MRule(_X + "gate_ffwd", _HL + "cross_attn_mlp_gate", None, "xattn"),
+    MRule(_X + "attention_norm.weight", _HL + "input_layernorm.weight", None, "xattn"),
+    MRule(_X + "attention.wq.weight", _HL + "cross_attn.q_proj.weight", 0, "xattn"),
+    MRule(_X + "attention.wk.weight", _HL + "cross_attn.k_proj.weight", 0, "xattn"),
+    MRule(_X + "attention.wv.weight", _HL + "cross_attn.v_proj.weight", 0, "xattn"),
+    MRule(_X + "attention.wo.weight", _HL + "cross_attn.o_proj.weight", 1, "xattn"),
+    MRule(_X + "attention.q_norm.weight", _HL + "cross_attn.q_norm.weight", None, "xattn"),
+    MRule(_X + "attention.k_norm.weight", _HL + "cross_attn.k_norm.weight", None, "xattn"),
+    *_ffn(_X, "xattn"),
+    MRule(_T + "norm.weight", "language_model.model.norm.weight", None),
+    MRule(_T + "output.weight", "language_model.lm_head.weight", 0),
+    # vision encoder: patch embedding, class token, position and tile tables, local and global transformers
+    MRule(_V + "conv1._linear.weight", _HV + "patch_embedding.weight", 0, transform="patch"),
+    MRule(_V + "class_embedding", _HV + "class_embedding", None),
+    MRule(_V + "positional_embedding", _HV + "gated_positional_embedding.embedding", None),
+    MRule(_V + "gated_positional_embedding", _HV + "gated_positional_embedding.tile_embedding.weight", None,
+          transform="tiles"),
+    MRule(_V + "gated_positional_embedding_gate", _HV + "gated_positional_embedding.gate", None),
+    MRule(_V + "pre_tile_pos_embed.embedding", _HV + "pre_tile_positional_embedding.embedding.weight", None,
+          transform="tiles"),
+    MRule(_V + "pre_tile_pos_embed.gate", _HV + "pre_tile_positional_embedding.gate", None),
+    MRule(_V + "post_tile_pos_embed.embedding", _HV + "post_tile_positional_embedding.embedding.weight", None,
+          transform="tiles"),
+    MRule(_V + "post_tile_pos_embed.gate", _HV + "post_tile_positional_embedding.gate", None),
+    MRule(_V + "ln_pre.weight", _HV + "layernorm_pre.weight", None),
+    MRule(_V + "ln_pre.bias", _HV + "layernorm_pre.bias", None),
+    MRule(_V + "ln_post.weight", _HV + "layernorm_post.weight", None),
+    MRule(_V + "ln_post.bias", _HV + "layernorm_post.bias", None),
+    *_vision_block("transformer", "transformer", "local", gated=False),
+    *_vision_block("global_transformer", "global_transformer", "global", gated=True),
+    # the projector ("adapter") from the concatenated vision features to the text width
+    MRule("vision_model.vision_projection.weight", "multi_modal_projector.weight", 0),
+    MRule("vision_model.vision_projection.bias", "multi_modal_projector.bias", 0),
+)
+# transformers' own Mllama names (MllamaForConditionalGeneration.state_dict() in transformers 5) for what
+# save_pretrained writes under the names above: accepted on input.
+MLLAMA_HF_ALIASES = (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+                     ("model.vision_model.", "vision_model."), ("model.multi_modal_projector.", "multi_modal_projector."))
+
+
+def mllama_hf_name(key: str) -> str:
+    """An Mllama HF key in the save_pretrained (Hub) spelling."""
+    for new, old in MLLAMA_HF_ALIASES:
+        if key.startswith(new):
+            return old + key[len(new):]
+    return key
+
+
+def fusion_schedule(n_layers: int, n_cross: int) -> list[int]:
+    """The self-attention layers that a cross-attention layer precedes, as Meta's CrossAttentionTransformerText
+    spreads them: every ceil(n_layers / n_cross)-th layer counted down from the last one."""
+    step = math.ceil(n_layers / n_cross)
+    return sorted(range(n_layers - 1, -1, -step))[-n_cross:] if n_cross else []
+
+
+def cross_attention_hf_layers(schedule: list[int]) -> list[int]:
+    """HF's `cross_attention_layers`: cross-attention layer k runs just before self-attention layer schedule[k],
+    so in one interleaved list it sits at schedule[k] + k."""
+    return [s + k for k, s in enumerate(schedule)]
+
+
+def mllama_hf_layer(kind: str, i: int, schedule: list[int]) -> int:
+    """The index in HF's interleaved layer list of Meta's layer i of `kind` ("text": self-attention, "xattn":
+    cross-attention; the vision blocks keep theirs); `schedule` is `fusion_schedule`'s list."""
+    if kind == "xattn":
+        return schedule[i] + i
+    if kind == "text":
+        return i + sum(1 for s in schedule if s <= i)
+    return i
+
+
+def supported_aspect_ratios(max_tiles: int) -> list[tuple[int, int]]:
+    """(tiles high, tiles wide) in the order of HF's aspect-ratio ids (id = position + 1; id 0 pads)."""
+    return [(h, w) for h in range(1, max_tiles + 1) for w in range(1, max_tiles + 1) if h * w <= max_tiles]
+
+
+def tiles_to_hf(grid: "torch.Tensor") -> "torch.Tensor":
+    """Meta's (T, T, P, W) tile grid → HF's (ratios + 1, T·P·W) table: the row of aspect ratio (h, w) holds
+    grid[:h, :w] in row-major tile order (what Meta's code adds for an image of h×w tiles), zero-padded to T
+    tiles; row 0 (padding images) is zero. Grid cells no supported ratio reaches are not in HF's table."""
+    import torch
+
+    T, _, P, W = grid.shape
+    ratios = supported_aspect_ratios(T)
+    out = torch.zeros(len(ratios) + 1, T, P, W, dtype=grid.dtype, device=grid.device)
+    for n, (h, w) in enumerate(ratios, 1):
+        out[n, :h * w] = grid[:h, :w].reshape(h * w, P, W)
+    return out.reshape(len(ratios) + 1, T * P * W)
+
+
+def tiles_from_hf(table: "torch.Tensor", T: int, P: int, W: int) -> tuple["torch.Tensor", str | None]:
+    """The inverse of `tiles_to_hf`: (grid with unreached cells zero, None), or (grid, why) when the table holds
+    something Meta's grid cannot (a non-zero padding row or tile slot, or aspect ratios disagreeing on a cell)."""
+    import torch
+
+    ratios = supported_aspect_ratios(T)
+    rows = table.reshape(len(ratios) + 1, T, P, W)
+    grid = torch.zeros(T, T, P, W, dtype=table.dtype)
+    seen = torch.zeros(T, T, dtype=torch.bool)
+    why = None if not rows[0].any() else "a non-zero row for padding images (aspect ratio id 0)"
+    for n, (h, w) in enumerate(ratios, 1):
+        cells = rows[n, :h * w].reshape(h, w, P, W)
+        if why is None and rows[n, h * w:].any():
+            why = f"non-zero values past the {h * w} tiles of aspect ratio {h}x{w}"
+        new = ~seen[:h, :w]
+        if why is None and not torch.equal(grid[:h, :w][~new], cells[~new]):
+            why = f"aspect ratio {h}x{w} disagrees with a smaller one on a shared tile"
+        grid[:h, :w][new] = cells[new]
+        seen[:h, :w] = True
+    return grid, why
+
+
+def mllama_lookup(key: str, fmt: str, *, path=None) -> tuple[MRule, int | None]:
+    """The Mllama rule naming `key` in `fmt` ('meta', or 'hf' with HF's interleaved index left as {i}); its index."""
+    for rule in MLLAMA_RULES:
+        m = _compile(getattr(rule, fmt)).match(key)
+        if m:
+            return rule, (int(m.group("i")) if "i" in m.groupdict() else None)
+    raise UnknownKeyError(key, path=path, direction=f"Llama 3.2 Vision {fmt} checkpoint")

@@ -24,6 +24,7 @@ Nothing here imports llamakit: the oracle is independent of the code it judges.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -80,6 +81,30 @@ def _with_scale_factor(apply_scaling, factor: float):
     return types.FunctionType(code.replace(co_consts=consts), apply_scaling.__globals__, apply_scaling.__name__)
 
 
+@contextlib.contextmanager
+def seeded_master_weights(g: torch.Generator, seeded: bool = True):
+    """While open, fairscale's parallel layers draw their master weights from `g` (every rank the same full tensor,
+    each keeping its own slice: fairscale splits) where Meta's `init_method=lambda x: x` leaves them to chance."""
+    import fairscale.nn.model_parallel.layers as L
+
+    real = L._initialize_affine_weight
+
+    def init(weight, out_features, in_features, per_partition_size, partition_dim, init_method, stride=1,
+             return_master_weight=False):
+        def fill(w):
+            with torch.no_grad():
+                return w.copy_(torch.randn(w.shape, generator=g) / in_features ** 0.5)
+
+        return real(weight, out_features, in_features, per_partition_size, partition_dim, fill if seeded else init_method,
+                    stride, return_master_weight)
+
+    L._initialize_affine_weight = init
+    try:
+        yield
+    finally:
+        L._initialize_affine_weight = real
+
+
 def _model_args(shape: str):
     from llama_models.llama3.args import ModelArgs
 
@@ -94,25 +119,11 @@ def _build(M, shape: str, *, seeded: bool):
     """Meta's Transformer for SHAPE; with `seeded`, every fairscale master weight drawn from a seeded generator."""
     import fairscale.nn.model_parallel.layers as L
 
-    real = L._initialize_affine_weight
     g = torch.Generator().manual_seed(0)
-
-    def init(weight, out_features, in_features, per_partition_size, partition_dim, init_method, stride=1,
-             return_master_weight=False):
-        def fill(w):  # what Meta's `init_method=lambda x: x` leaves to chance, drawn the same on every rank
-            with torch.no_grad():
-                return w.copy_(torch.randn(w.shape, generator=g) / in_features ** 0.5)
-
-        return real(weight, out_features, in_features, per_partition_size, partition_dim, fill if seeded else init_method,
-                    stride, return_master_weight)
-
-    L._initialize_affine_weight = init
-    try:
+    with seeded_master_weights(g, seeded):
         model = M.Transformer(_model_args(shape))
         if shape in LEGACY:  # Llama 1/2's model.py: the same Transformer with a dim-split ParallelEmbedding
             model.tok_embeddings = L.ParallelEmbedding(model.vocab_size, model.params.dim, init_method=lambda x: x)
-    finally:
-        L._initialize_affine_weight = real
     if seeded:
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -168,6 +179,12 @@ def main(argv: list[str]) -> None:
 
 def launch(mode: str, directory, shape: str, factor: float, batches, out, *, nproc: int = 1, timeout: float = 600) -> None:
     """Run this file in `nproc` processes, one per model-parallel rank; raise with their stderr if one fails."""
+    run_ranks(__file__, [mode, directory, shape, factor, batches, out], nproc=nproc, timeout=timeout)
+
+
+def run_ranks(script: str, args: list, *, nproc: int = 1, timeout: float = 600) -> None:
+    """`script ARGS...` in `nproc` processes with torchrun's environment contract (RANK, WORLD_SIZE, MASTER_ADDR/PORT),
+    nothing of llamakit on their path; raise with the first failing rank's stderr."""
     import socket
     import subprocess
 
@@ -177,7 +194,7 @@ def launch(mode: str, directory, shape: str, factor: float, batches, out, *, npr
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(nproc),
                GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)  # nothing of llamakit on the oracle's path
-    procs = [subprocess.Popen([sys.executable, __file__, mode, str(directory), shape, str(factor), str(batches), str(out)],
+    procs = [subprocess.Popen([sys.executable, script, *map(str, args)],
                               env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for r in range(nproc)]
     errs = [p.communicate(timeout=timeout)[1] for p in procs]

@@ -1,0 +1,134 @@
+"""Writing a Llama 3.2 Vision conversion, checking it by inversion, committing it.
+
+The tensors stream through llama4_io's writers (hf.write_shards for HF, pth.PthWriter for Meta): both
+only need a source that lists its output tensors with block generators. The built-in check reads the
+written files back through the other direction's reader: every source tensor must come back bit for
+bit, except the cells of Meta's tile grids that no supported aspect ratio reaches (HF's per-ratio table
+has no place for them; Meta's code never reads them: see `reached_cells`), which come back as zeros.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from llamakit.convert import keymap
+from llamakit.convert.llama4_io import write_hf, write_meta
+from llamakit.convert.mllama import MllamaHFSource, MllamaMetaSource, rows_of, meta_name
+from llamakit.errors import ConversionError
+
+
+def reached_cells(T: int):
+    """Cells (i, j) of a T×T tile grid that Meta's code reads for some image: those inside an h×w ratio, h·w ≤ T."""
+    import torch
+
+    m = torch.zeros(T, T, dtype=torch.bool)
+    for h, w in keymap.supported_aspect_ratios(T):
+        m[:h, :w] = True
+    return m
+
+
+def check_inverse(source, out: Path, to: str, *, cast) -> dict:
+    from llamakit.convert.pth import release
+
+    t0 = time.perf_counter()
+    n = 0
+    if to == "hf":
+        back = MllamaHFSource(out)
+        rules = {meta_name(r, i): r for r, i in rows_of(source.arch)}
+        for name, _shape, _dt, blocks in back.meta_tensors(source.mp):
+            for r in range(source.mp):
+                want = source.shard_tensor(r, name)
+                row = 0
+                for b in blocks(r):
+                    w = want[row:row + b.shape[0]]
+                    if rules[name].transform == "tiles":
+                        w = w * reached_cells(w.shape[0]).reshape(*w.shape[:2], 1, 1).to(w.dtype)
+                    _same(name, w, b, cast, r)
+                    release(want[row:row + b.shape[0]])
+                    row += b.shape[0]
+                if row != want.shape[0]:
+                    raise ConversionError(f"'{name}' (shard {r}) reads back {row} of {want.shape[0]} rows", path=out)
+            n += 1
+    else:
+        back = MllamaMetaSource(out, json.loads((out / "params.json").read_text()))
+        for name, shape, _dt, blocks in back.hf_tensors():
+            row = 0
+            for b in blocks():
+                _same(name, source.get(name, row, row + b.shape[0]), b, cast, 0)
+                row += b.shape[0]
+            if row != shape[0]:
+                raise ConversionError(f"'{name}' reads back {row} of {shape[0]} rows", path=out)
+            n += 1
+    if _effective(back.arch) != _effective(source.arch):
+        raise ConversionError("the written config does not read back as the source's architecture", path=out)
+    return {"kind": "inverse", "tensors": n, "bit_identical": True, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _effective(a):
+    """What the weights depend on: not the token ids or the context length, which Meta's params.json does not record."""
+    return a.with_(text=a.text.with_(bos_token_id=None, eos_token_id=None, pad_token_id=None, max_position_embeddings=0))
+
+
+def _same(name, want, got, cast, rank) -> None:
+    import torch
+
+    if cast is not None:
+        want = want.to(cast)
+    if want.shape != got.shape or want.dtype != got.dtype or not torch.equal(want, got):
+        raise ConversionError(f"'{name}' (shard {rank}) does not read back bit-identical from the written files",
+                              fix="a bug in llamakit's Llama 3.2 Vision key map; please report it")
+
+
+def write_configs(arch, out: Path, dtype: str) -> list[Path]:
+    (out / "config.json").write_text(json.dumps(arch.to_hf_config(dtype), indent=2, sort_keys=True) + "\n")
+    t = arch.text
+    gen = {"_from_model_config": True, "bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
+    return [out / "config.json", out / "generation_config.json"]
+
+
+def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size, check: bool, force: bool,
+            show_progress: bool, t0: float):
+    import math
+
+    from llamakit.convert import output
+    from llamakit.convert.api import ConvertResult
+    from llamakit.convert.hf import dtype_name
+
+    arch = source.arch
+    mp_out = mp or (source.mp if source.fmt == "meta" else 1)
+    if to == "meta":
+        arch.check_mp(mp_out, path=source.path)
+    timings = {"open_s": round(time.perf_counter() - t0, 3)}
+    plan = list(source.hf_tensors()) if source.fmt == "meta" else list(source.meta_tensors(mp_out))
+    total = sum(math.prod(s) * d.itemsize for _, s, d, _ in plan) * (mp_out if source.fmt == "hf" else 1)
+    with output.staging(dst, force=force) as tmp:
+        t = time.perf_counter()
+        with output.progress_bar(total, enabled=show_progress, label=f"{source.fmt}→{to}") as advance:
+            if to == "hf":
+                write_hf(source, tmp, dtype=cast, max_shard_size=max_shard_size, progress=advance)
+                write_configs(arch, tmp, dtype_name(cast if cast is not None else plan[0][2]))
+            else:
+                write_meta(source, tmp, mp=mp_out, dtype=cast, progress=advance)
+        timings["weights_s"] = round(time.perf_counter() - t, 3)
+        tok = _copy_tokenizer(source, tmp)
+        report = check_inverse(source, tmp, to, cast=cast) if check else None
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        written = sum((tmp / f).stat().st_size for f in files)
+    return ConvertResult(
+        src=str(source.path), dst=str(dst), src_format=source.fmt, dst_format=to, generation=arch.describe(),
+        mp_in=source.mp, mp_out=mp_out if to == "meta" else 1, n_tensors=len(plan), bytes_written=written, files=files,
+        tokenizer=tok, check=report, wall_s=round(time.perf_counter() - t0, 3), catalog=list(source.catalog),
+        arch=arch.to_json(), timings=timings, errata=list(source.errata))
+
+
+def _copy_tokenizer(source, out: Path) -> str:
+    """The tokenizer files travel as they are (Meta: tokenizer.model; HF: tokenizer*.json + processor configs)."""
+    names = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "preprocessor_config.json", "chat_template.json"]
+    copied = [n for n in names if (source.path / n).is_file()]
+    for n in copied:
+        (out / n).write_bytes((source.path / n).read_bytes())
+    return f"{', '.join(copied)} copied" if copied else "none in the source"
