@@ -94,37 +94,17 @@ def write_configs(arch: Llama4Arch, out: Path, dtype: str, vision=None, ids: dic
 
 def check_inverse(source, out: Path, to: str, *, cast) -> dict:
     """Read the written files back through the other direction's reader: every source tensor must come back bit for
-    bit (after the same cast). Streams as the writers do."""
+    bit (after the same cast). Streams as the writers do (readback.py)."""
+    from llamakit.convert import readback
     from llamakit.convert.llama4 import Llama4HFSource, Llama4MetaSource, shard_paths_of
-    from llamakit.convert.pth import release
 
     t = time.perf_counter()
-    n = 0
     if to == "hf":
         back = Llama4HFSource(out)
-        for name, _shape, _dt, blocks in back.meta_tensors(source.mp):
-            for r in range(source.mp):
-                want = source.shard_tensor(r, name)
-                want = want.reshape(-1, want.shape[-1]) if want.dim() > 1 else want
-                row = 0
-                for b in blocks(r):  # block by block: the check holds no more than the conversion did
-                    b = b.reshape(-1, *want.shape[1:])
-                    _same(name, want[row:row + b.shape[0]], b, cast, r)
-                    release(want[row:row + b.shape[0]])  # a view of the mapped source shard
-                    row += b.shape[0]
-                if row != want.shape[0]:
-                    raise ConversionError(f"'{name}' (shard {r}) reads back {row} of {want.shape[0]} rows", path=out)
-            n += 1
+        n = readback.as_meta_shards(back, source, out, cast=cast, family="Llama 4", flatten=True)
     else:
         back = Llama4MetaSource(out, json.loads((out / "params.json").read_text()), shard_paths_of(out))
-        for name, shape, _dt, blocks in back.hf_tensors():
-            row = 0
-            for b in blocks():
-                _same(name, source.get(name, row, row + b.shape[0]), b, cast, 0)
-                row += b.shape[0]
-            if row != shape[0]:
-                raise ConversionError(f"'{name}' reads back {row} of {shape[0]} rows", path=out)
-            n += 1
+        n = readback.as_hf_tensors(back, source, out, cast=cast, family="Llama 4")
     if _effective(back.arch) != _effective(source.arch) or back.vision != source.vision:
         raise ConversionError("the written config does not read back as the source's architecture", path=out)
     return {"kind": "inverse", "tensors": n, "bit_identical": True, "seconds": round(time.perf_counter() - t, 3)}
@@ -136,16 +116,6 @@ def _effective(a: Llama4Arch) -> tuple:
     layers = tuple((a.uses_rope(i), a.is_moe(i)) for i in range(a.n_layers))
     return a.with_(max_position_embeddings=0, bos_token_id=None, eos_token_id=None, pad_token_id=None,
                    nope_interval=None), layers
-
-
-def _same(name, want, got, cast, rank) -> None:
-    import torch
-
-    if cast is not None:
-        want = want.to(cast)
-    if want.shape != got.shape or want.dtype != got.dtype or not torch.equal(want, got):
-        raise ConversionError(f"'{name}' (shard {rank}) does not read back bit-identical from the written files",
-                              fix="a bug in llamakit's Llama 4 key map; please report it")
 
 
 def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size, check: bool, force: bool,
