@@ -99,5 +99,7 @@ def test_the_check_holds_a_block_not_a_layer(tmp_path, monkeypatch):
         check.compare(source, tmp_path / f"hf-{ffn}", "hf")  # imports and first-use allocations happen here, not below
         grew[ffn] = _peak_rss_delta(lambda: check.compare(source, tmp_path / f"hf-{ffn}", "hf"))
     mib = {k: round(v / 2**20, 1) for k, v in grew.items()}
-    assert grew[16384] - grew[4096] < 2 << 20, f"the check's peak grew with the layer: {mib} MiB"  # 3 x 48 MB more
+    # The bigger layer holds 3 x 48 MiB more float32 weights; the check may only grow by its wider activations
+    # ([tokens, ffn] float32, a few of them: ~2 MiB here), far below one more FFN matrix (64 MiB).
+    assert grew[16384] - grew[4096] < (16384 * 1024 * 4) // 16, f"the check's peak grew with the layer: {mib} MiB"
     assert grew[4096] < (4096 * 1024 * 4) // 2, f"the check grew the resident set by {mib} MiB"
