@@ -118,43 +118,57 @@ def _effective(a: Llama4Arch) -> tuple:
                    nope_interval=None), layers
 
 
-def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size, check: bool, force: bool,
-            show_progress: bool, t0: float):
+def run(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size, check: bool, force: bool,
+        show_progress: bool, t0: float, after_weights, check_inverse, generation: str):
+    """The conversion both fused-layout families share (Llama 4 here, Llama 3.2 Vision in mllama_io): stream the
+    tensors into a staging directory, then `after_weights(tmp, mp_out) -> tokenizer note` (configs, tokenizer),
+    then `check_inverse`, then commit. `source` lists its tensors (`hf_tensors` / `meta_tensors`)."""
     from llamakit.convert import output
     from llamakit.convert.api import ConvertResult
-    from llamakit.convert.hf import dtype_name
 
-    arch = source.arch
     mp_out = mp or (source.mp if source.fmt == "meta" else 1)
-    if to == "meta":
-        arch.check_mp(mp_out, path=source.path)
-        if source.vision is not None:
-            source.vision.check_mp(mp_out, path=source.path)
     timings = {"open_s": round(time.perf_counter() - t0, 3)}
-    total = sum(_nbytes(s, d) for _, s, d, _ in source.hf_tensors()) if source.fmt == "meta" else \
-        sum(_nbytes(s, d) * mp_out for _, s, d, _ in source.meta_tensors(mp_out))
-    n_tensors = len(list(source.hf_tensors()) if source.fmt == "meta" else list(source.meta_tensors(mp_out)))
+    plan = list(source.hf_tensors()) if source.fmt == "meta" else list(source.meta_tensors(mp_out))
+    total = sum(_nbytes(s, d) for _, s, d, _ in plan) * (mp_out if source.fmt == "hf" else 1)
     with output.staging(dst, force=force) as tmp:
         t = time.perf_counter()
         with output.progress_bar(total, enabled=show_progress, label=f"{source.fmt}→{to}") as advance:
             if to == "hf":
-                files = write_hf(source, tmp, dtype=cast, max_shard_size=max_shard_size, progress=advance)
+                write_hf(source, tmp, dtype=cast, max_shard_size=max_shard_size, progress=advance)
             else:
-                files = write_meta(source, tmp, mp=mp_out, dtype=cast, progress=advance)
+                write_meta(source, tmp, mp=mp_out, dtype=cast, progress=advance)
         timings["weights_s"] = round(time.perf_counter() - t, 3)
-        tok, ids = _tokenizer(source, tmp, to)
-        if to == "hf":  # the token ids config.json states come from the tokenizer when there is one
-            main = dtype_name(cast) if cast is not None else dtype_name(next(source.hf_tensors())[2])
-            write_configs(arch, tmp, main, source.vision, ids)
+        tok = after_weights(tmp, plan)
         report = check_inverse(source, tmp, to, cast=cast) if check else None
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         written = sum((tmp / f).stat().st_size for f in files)
     return ConvertResult(
-        src=str(source.path), dst=str(dst), src_format=source.fmt, dst_format=to,
-        generation=arch.describe(vision=source.vision), mp_in=source.mp, mp_out=mp_out if to == "meta" else 1,
-        n_tensors=n_tensors, bytes_written=written, files=files, tokenizer=tok, check=report,
-        wall_s=round(time.perf_counter() - t0, 3), catalog=list(source.catalog), arch=arch.to_json(), timings=timings,
-        errata=list(source.errata))
+        src=str(source.path), dst=str(dst), src_format=source.fmt, dst_format=to, generation=generation,
+        mp_in=source.mp, mp_out=mp_out if to == "meta" else 1, n_tensors=len(plan), bytes_written=written,
+        files=files, tokenizer=tok, check=report, wall_s=round(time.perf_counter() - t0, 3),
+        catalog=list(source.catalog), arch=source.arch.to_json(), timings=timings, errata=list(source.errata))
+
+
+def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size, check: bool, force: bool,
+            show_progress: bool, t0: float):
+    from llamakit.convert.hf import dtype_name
+
+    arch = source.arch
+    if to == "meta":
+        mp_out = mp or (source.mp if source.fmt == "meta" else 1)
+        arch.check_mp(mp_out, path=source.path)
+        if source.vision is not None:
+            source.vision.check_mp(mp_out, path=source.path)
+
+    def after_weights(tmp: Path, plan) -> str:
+        tok, ids = _tokenizer(source, tmp, to)
+        if to == "hf":  # the token ids config.json states come from the tokenizer when there is one
+            write_configs(arch, tmp, dtype_name(cast if cast is not None else plan[0][2]), source.vision, ids)
+        return tok
+
+    return run(source, dst, to=to, mp=mp, cast=cast, max_shard_size=max_shard_size, check=check, force=force,
+               show_progress=show_progress, t0=t0, after_weights=after_weights, check_inverse=check_inverse,
+               generation=arch.describe(vision=source.vision))
 
 
 def _tokenizer(source, out: Path, to: str) -> tuple[str, dict]:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from llamakit.convert import keymap
-from llamakit.convert.llama4_io import write_hf, write_meta
+from llamakit.convert.llama4_io import run
 from llamakit.convert.mllama import MllamaHFSource, MllamaMetaSource, rows_of, meta_name
 from llamakit.errors import ConversionError
 
@@ -66,37 +66,20 @@ def write_configs(arch, out: Path, dtype: str) -> list[Path]:
 
 def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size, check: bool, force: bool,
             show_progress: bool, t0: float):
-    import math
-
-    from llamakit.convert import output
-    from llamakit.convert.api import ConvertResult
     from llamakit.convert.hf import dtype_name
 
     arch = source.arch
-    mp_out = mp or (source.mp if source.fmt == "meta" else 1)
     if to == "meta":
-        arch.check_mp(mp_out, path=source.path)
-    timings = {"open_s": round(time.perf_counter() - t0, 3)}
-    plan = list(source.hf_tensors()) if source.fmt == "meta" else list(source.meta_tensors(mp_out))
-    total = sum(math.prod(s) * d.itemsize for _, s, d, _ in plan) * (mp_out if source.fmt == "hf" else 1)
-    with output.staging(dst, force=force) as tmp:
-        t = time.perf_counter()
-        with output.progress_bar(total, enabled=show_progress, label=f"{source.fmt}→{to}") as advance:
-            if to == "hf":
-                write_hf(source, tmp, dtype=cast, max_shard_size=max_shard_size, progress=advance)
-                write_configs(arch, tmp, dtype_name(cast if cast is not None else plan[0][2]))
-            else:
-                write_meta(source, tmp, mp=mp_out, dtype=cast, progress=advance)
-        timings["weights_s"] = round(time.perf_counter() - t, 3)
-        tok = _copy_tokenizer(source, tmp)
-        report = check_inverse(source, tmp, to, cast=cast) if check else None
-        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        written = sum((tmp / f).stat().st_size for f in files)
-    return ConvertResult(
-        src=str(source.path), dst=str(dst), src_format=source.fmt, dst_format=to, generation=arch.describe(),
-        mp_in=source.mp, mp_out=mp_out if to == "meta" else 1, n_tensors=len(plan), bytes_written=written, files=files,
-        tokenizer=tok, check=report, wall_s=round(time.perf_counter() - t0, 3), catalog=list(source.catalog),
-        arch=arch.to_json(), timings=timings, errata=list(source.errata))
+        arch.check_mp(mp or (source.mp if source.fmt == "meta" else 1), path=source.path)
+
+    def after_weights(tmp: Path, plan) -> str:
+        if to == "hf":
+            write_configs(arch, tmp, dtype_name(cast if cast is not None else plan[0][2]))
+        return _copy_tokenizer(source, tmp)
+
+    return run(source, dst, to=to, mp=mp, cast=cast, max_shard_size=max_shard_size, check=check, force=force,
+               show_progress=show_progress, t0=t0, after_weights=after_weights, check_inverse=check_inverse,
+               generation=arch.describe())
 
 
 def _copy_tokenizer(source, out: Path) -> str:
