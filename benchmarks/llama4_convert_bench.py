@@ -1,29 +1,42 @@
-"""Llama 4 Meta → HF (and back) at Scout width: peak RSS against the largest tensor group.
+"""Llama 4 Meta → HF at Scout width: llamakit against transformers' own Llama 4 converter, same input, same run.
 
-A synthetic checkpoint in the layout Meta ships for Llama 4 Scout (dim 5120, 40 heads / 8 kv heads,
-16 experts of width 8192, shared expert, QK-norm, MoE in every layer) with few layers and a reduced
-vocabulary (--vocab; the embedding is not what this measures), bf16, MP 2, is generated tensor by
-tensor with llamakit's streaming .pth writer (a seeded pattern, never the whole model in memory).
-Then, each in its own child process (peak RSS = its ru_maxrss, which counts touched pages of mmap'd
-files too; wall time around the process, interpreter start included):
+The input: a synthetic checkpoint in the layout Meta ships for Llama 4 Scout (dim 5120, 40 heads / 8 kv heads, 16
+experts of width 8192 + shared expert, QK-norm, MoE in every layer) with --layers decoder layers, a --vocab row
+embedding/output, bf16, MP --mp, generated tensor by tensor with llamakit's streaming .pth writer (a seeded pattern,
+never the whole model in memory). --vision-layers N adds the Scout vision encoder (N of its 34 layers, the module names
+Meta ships, fairscale splits), its adapter and projector. Beside the shards: params.json, a `rope.freqs` entry (the
+table older Meta files carry; Meta's llama4 Transformer.load_hook drops it, and so do both converters) and a
+tokenizer.model (tiktoken ranks of the 256 single bytes; both converters write tokenizer.json from it).
 
-  * llamakit Meta → HF (--no-check, and with the default bit-identical read-back check)
-  * llamakit HF → Meta, MP 2 (--no-check)
-  * optionally transformers' own Llama 4 converter (--tf-python: a side virtualenv's python with a
-    transformers version that ships models/llama4/convert_llama4_weights_to_hf.py), same input. That
-    script reads params["vision_args"] unconditionally, so pass --vision-layers N (the Scout encoder with
-    N of its 34 layers, in the module names Meta ships), and it hard-codes the vocabulary to 202048, so
-    pass --vocab 202048 (the embedding and output then add 2 × 1.9 GB at MP 2).
+Each run is a child process; wall = around that process (interpreter start included); peak RSS = its ru_maxrss (a
+child killed by the OOM killer is counted too), which includes the touched pages of mmap'd files. The load average
+is read just before each run. In each round (--repeats, interleaved):
 
-The largest tensor group is one MoE layer's experts.gate_up_proj (16 × 5120 × 16384 bf16 = 2.7 GB):
-transformers' script concatenates it whole; llamakit streams it one expert block at a time.
+  1. llamakit Meta → HF --no-check (output kept for the comparison)
+  2. with --tf-python SIDE_VENV/bin/python: transformers' convert_llama4_weights_to_hf as its __main__ runs it
+     (write_tokenizer, then write_model with --convert_checkpoints: load all shards mmap'd, compare every tensor
+     of shards 0 and 1, concatenate into a state dict, load it into Llama4ForConditionalGeneration, save_pretrained,
+     reload with from_pretrained and generate 4 tokens), less the image-processor save (TF_DRIVER below). Its
+     output is compared with llamakit's tensor by tensor (names, dtype, shape, every bit), once.
+  3. llamakit Meta → HF with its default check (bit-identical read-back, streamed)
+  4. unless --no-back: llamakit HF → Meta at the same MP, --no-check
 
-    .venv/bin/python benchmarks/llama4_convert_bench.py --work /work/scratch/l4-bench --layers 1
+transformers' script hard-codes what Scout's release is: vocab 202048, 8 shards of 1024 expert columns, and it reads
+params["vision_args"] unconditionally; so --tf-python requires --mp 8 --vocab 202048 --vision-layers N (≥ 1). The
+script is in no transformers wheel or sdist (checked 4.51.3, 4.54.1, 4.57.6): install transformers in a side
+virtualenv and put the release's models/llama4/convert_llama4_weights_to_hf.py from the source tree into it.
+
+The largest tensor group is one MoE layer's experts.gate_up_proj (16 × 5120 × 16384 bf16 = 2560 MiB); transformers'
+script concatenates it whole, llamakit streams it a few experts at a time.
+
+    .venv/bin/python benchmarks/llama4_convert_bench.py --work /work/scratch/l4-bench --layers 1 --mp 8 \
+        --vocab 202048 --vision-layers 1 --tf-python /work/scratch/venv-tf-l4/bin/python --repeats 2 --no-back
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 import os
@@ -83,7 +96,9 @@ def shipped_specs(n_layers: int, vocab: int, mp: int) -> list[tuple[str, tuple[i
                 (p + "feed_forward.experts.moe_w_in_eD_F", (E * D, F // mp)),
                 (p + "feed_forward.experts.moe_w_out_eF_D", (E * F // mp, D)),
                 (p + "feed_forward.experts.moe_w_swiglu_eD_F", (E * D, F // mp))]
-    return out + [("norm.weight", (D,)), ("output.weight", (vocab // mp, D))]
+    # rope.freqs: the rotary table older Meta files carry and llama4/model.py Transformer.load_hook drops. Both
+    # converters drop it too; transformers' script needs at least one dropped key (it ends with state_dict.pop("")).
+    return out + [("norm.weight", (D,)), ("output.weight", (vocab // mp, D)), ("rope.freqs", (hd // 2,))]
 
 
 def generate(out: Path, n_layers: int, vocab: int, mp: int, vision_layers: int = 0) -> int:
@@ -116,19 +131,74 @@ def generate(out: Path, n_layers: int, vocab: int, mp: int, vision_layers: int =
     if vision_layers:
         params["vision_args"] = {**VISION, "n_layers": vision_layers}
     (out / "params.json").write_text(json.dumps(params))
+    # tokenizer.model: a tiktoken rank file of the 256 single bytes (the format Meta ships; both converters turn it
+    # into tokenizer.json with Llama 4's specials after the ranks). Its size is not what this measures.
+    (out / "tokenizer.model").write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)))
     return total
 
 
-def child_peak(cmd: list[str]) -> tuple[float, float]:
-    """Run `cmd` under a tiny wrapper that reports its own child's ru_maxrss (so each run is measured alone)."""
+# transformers' script as its __main__ runs it (write_tokenizer, then write_model with --convert_checkpoints), except
+# the image processor that write_tokenizer also saves: Llama4ImageProcessorFast needs torchvision, whose PyPI wheels are
+# built against CUDA torch (their ops do not load on the CPU torch here, and transformers then fails to import the model).
+TF_DRIVER = """
+import sys
+from transformers.models.llama4 import convert_llama4_weights_to_hf as c
+src, out, mp = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tok = c.Llama4Converter(vocab_file=src + "/tokenizer.model", pattern=c.O200K_PATTERN,
+                        special_tokens=c.BASIC_SPECIAL_TOKENS + c.LLAMA4_SPECIAL_TOKENS, bos_token="<|begin_of_text|>",
+                        eos_token="<|end_of_text|>", pad_token="<|finetune_right_pad_id|>",
+                        model_max_length=c.max_context_length(src, False)).converted_tokenizer
+tok.save_pretrained(out)
+c.write_model(model_path=out, input_base_path=src, num_shards=mp, convert_checkpoints=True, safe_serialization=True,
+              instruct=False)
+"""
+
+
+def child_peak(cmd: list[str], log: Path) -> tuple[float, float, int]:
+    """Run `cmd` under a tiny wrapper that reports its own child's ru_maxrss (so each run is measured alone; a child
+    killed by a signal, e.g. the OOM killer, is reaped and counted too). Output goes to `log`."""
     wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-               "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+               "rc = subprocess.run(sys.argv[2:], stdout=open(sys.argv[1], 'w'), stderr=subprocess.STDOUT).returncode; "
                "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)")
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True).stdout.split()
-    wall, kib, rc = float(out[0]), int(out[1]), int(out[2])
-    if rc:
-        raise SystemExit(f"{' '.join(cmd)} exited {rc}")
-    return wall, kib / 1024
+    out = subprocess.run([sys.executable, "-c", wrapper, str(log), *cmd], capture_output=True, text=True).stdout.split()
+    return float(out[0]), int(out[1]) / 1024, int(out[2])
+
+
+def hf_tensors(d: Path) -> dict[str, Path]:
+    """{tensor name: safetensors file} of an HF output directory."""
+    from safetensors import safe_open
+
+    out = {}
+    for f in sorted(d.glob("*.safetensors")):
+        with safe_open(f, "pt") as h:
+            out.update({k: f for k in h.keys()})
+    return out
+
+
+def compare(ours: Path, theirs: Path) -> dict:
+    """Tensor by tensor (one pair in memory at a time): names only one side has, names whose tensors differ
+    (dtype, shape or any bit), and how many are identical."""
+    import torch
+    from safetensors import safe_open
+
+    a, b = hf_tensors(ours), hf_tensors(theirs)
+    same, differ = 0, []
+    for name in sorted(a.keys() & b.keys()):
+        with safe_open(a[name], "pt") as ha, safe_open(b[name], "pt") as hb:
+            x, y = ha.get_tensor(name), hb.get_tensor(name)
+            if x.dtype == y.dtype and x.shape == y.shape and torch.equal(x.view(torch.int16) if x.dtype == torch.bfloat16 else x,
+                                                                         y.view(torch.int16) if y.dtype == torch.bfloat16 else y):
+                same += 1
+            else:
+                differ.append(f"{name}: {x.dtype}{tuple(x.shape)} vs {y.dtype}{tuple(y.shape)}")
+            del x, y
+    return {"identical": same, "differ": differ, "only_llamakit": sorted(a.keys() - b.keys()),
+            "only_transformers": sorted(b.keys() - a.keys())}
+
+
+def tail(log: Path, n: int = 3) -> str:
+    lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()] if log.exists() else []
+    return " | ".join(lines[-n:])
 
 
 def main() -> None:
@@ -139,34 +209,52 @@ def main() -> None:
     ap.add_argument("--mp", type=int, default=2)
     ap.add_argument("--vision-layers", type=int, default=0, help="write the Scout vision encoder with this many layers")
     ap.add_argument("--tf-python", help="python of a side virtualenv with transformers' Llama 4 converter")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of the runs, interleaved")
+    ap.add_argument("--no-back", action="store_true", help="skip llamakit HF → Meta")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
+    if a.tf_python and (a.mp != 8 or a.vocab != 202048 or not a.vision_layers):
+        # convert_llama4_weights_to_hf.py reshapes the experts as 8 shards of 1024 columns (Scout's release: MP 8),
+        # loads into a config with vocab 202048, and reads params["vision_args"] unconditionally.
+        raise SystemExit("--tf-python needs --mp 8 --vocab 202048 --vision-layers N (what transformers' script hard-codes)")
     src = a.work / "meta"
     shutil.rmtree(a.work, ignore_errors=True)
     t = time.perf_counter()
     size = generate(src, a.layers, a.vocab, a.mp, a.vision_layers)
-    print(f"generated {size / 1e9:.2f} GB (MP {a.mp}, {a.layers} layer(s)) in {time.perf_counter() - t:.0f}s", flush=True)
+    print(f"generated {size / 1e9:.2f} GB (MP {a.mp}, {a.layers} layer(s), {a.vision_layers} vision layer(s)) "
+          f"in {time.perf_counter() - t:.0f}s", flush=True)
     group = 16 * 5120 * 2 * 8192 * 2
-    rows = []
     py = [sys.executable, "-m", "llamakit", "convert"]
-    for label, cmd in (("llamakit meta→hf --no-check", py + [str(src), str(a.work / "hf"), "--no-check"]),
-                       ("llamakit hf→meta MP 2 --no-check", py + [str(a.work / "hf"), str(a.work / "back"), "--to", "meta",
-                                                                   "--mp", str(a.mp), "--no-check"]),
-                       ("llamakit meta→hf (bit-identical read-back check)", py + [str(src), str(a.work / "hf2")])):
-        os.sync()
-        wall, rss = child_peak(cmd)
-        rows.append((label, wall, rss))
-        print(f"{label}: {wall:.1f}s, peak RSS {rss:.0f} MiB", flush=True)
-        shutil.rmtree(a.work / "hf2", ignore_errors=True)
+    runs = [("llamakit meta→hf --no-check", py + [str(src), str(a.work / "hf"), "--no-check"], "hf")]
     if a.tf_python:
-        os.sync()
-        wall, rss = child_peak([a.tf_python, "-m", "transformers.models.llama4.convert_llama4_weights_to_hf",
-                                "--input_dir", str(src), "--output_dir", str(a.work / "tf"), "--num_shards", str(a.mp)])
-        rows.append(("transformers' convert_llama4_weights_to_hf", wall, rss))
+        runs.append(("transformers convert_llama4_weights_to_hf", [a.tf_python, "-c", TF_DRIVER, str(src), str(a.work / "tf"),
+                                                                    str(a.mp)], "tf"))
+    runs.append(("llamakit meta→hf (bit-identical read-back check)", py + [str(src), str(a.work / "hf2")], "hf2"))
+    if not a.no_back:
+        runs.append(("llamakit hf→meta --no-check", py + [str(a.work / "hf"), str(a.work / "back"), "--to", "meta",
+                                                         "--mp", str(a.mp), "--no-check"], "back"))
+    rows, agreement = [], None
+    for rep in range(a.repeats):
+        for label, cmd, out in runs:
+            if out == "back" and not (a.work / "hf").exists():
+                continue
+            os.sync()
+            load = os.getloadavg()[0]
+            wall, rss, rc = child_peak(cmd, a.work / f"{out}.{rep}.log")
+            rows.append((label, rep, load, wall, rss, rc))
+            note = f" EXIT {rc}: {tail(a.work / f'{out}.{rep}.log')}" if rc else ""
+            print(f"[{rep}] {label}: load {load:.2f}, {wall:.1f}s, peak RSS {rss:.0f} MiB{note}", flush=True)
+            print("    " + " ".join("TF_DRIVER" if c == TF_DRIVER else c for c in cmd), flush=True)
+            if out == "tf" and rc == 0 and agreement is None and (a.work / "hf").exists():
+                agreement = compare(a.work / "hf", a.work / "tf")
+                print(json.dumps(agreement, indent=1), flush=True)
+            if out in ("tf", "hf2", "back"):
+                shutil.rmtree(a.work / out, ignore_errors=True)
+        shutil.rmtree(a.work / "hf", ignore_errors=True)
     print(f"\ncheckpoint {size / 1e9:.2f} GB; largest tensor group (one layer's experts.gate_up_proj) {group / 2**20:.0f} MiB")
-    print("| run | wall s | peak RSS MiB | peak RSS / largest group |\n|---|---:|---:|---:|")
-    for label, wall, rss in rows:
-        print(f"| {label} | {wall:.1f} | {rss:.0f} | {rss / (group / 2**20):.2f} |")
+    print("| run | round | load avg before | wall s | peak RSS MiB | peak RSS / largest group | exit |\n|---|---:|---:|---:|---:|---:|---:|")
+    for label, rep, load, wall, rss, rc in rows:
+        print(f"| {label} | {rep + 1} | {load:.2f} | {wall:.1f} | {rss:.0f} | {rss / (group / 2**20):.2f} | {rc} |")
     if not a.keep:
         shutil.rmtree(a.work, ignore_errors=True)
 
