@@ -312,7 +312,7 @@ def report_cmd(
 
 # Commands whose work is complete (output fsynced and renamed, summary printed) when they return, and which
 # leave torch and transformers imported: tearing those down at exit took 1.9 s of a 20 s conversion
-# (measured) and does nothing for the user, so main() ends such a process with os._exit after flushing.
+# (measured) and does nothing for the user, so such a process ends with os._exit after flushing.
 # Only `entry()` (the console script, `python -m llamakit`) does this; `main()` returns or raises as tests expect.
 _SKIP_TEARDOWN: list[str] = []
 

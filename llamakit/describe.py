@@ -25,11 +25,14 @@ def describe_local(arg: str | Path) -> dict[str, Any]:
     snap = parse_snapshot(path) if path.is_dir() else None
     if snap is not None:
         info["hf_cache"] = {"repo": snap.repo, "revision": snap.commit}
-    if getattr(source, "family", None) == "llama4":  # its own layout line, and the vision encoder when there is one
+    family = getattr(source, "family", None)
+    if family == "llama4":  # its own layout line, and the vision encoder when there is one
         vision = source.vision
         info["generation"] = source.arch.describe(vision=vision)
         if vision is not None:
             info["vision"] = vision.to_json()
+    elif family == "mllama":  # Llama 3.2 Vision: its arch describes text, cross-attention and encoder
+        info["generation"] = source.arch.describe()
     else:
         info["generation"] = generation(source.arch)
     info["catalog_matches"] = list(getattr(source, "catalog", []) or [])

@@ -43,7 +43,7 @@ class ConvertResult:
     def summary_line(self) -> str:
         shards = f" MP {self.mp_out}" if self.dst_format == "meta" else ""
         src_mp = f" (MP {self.mp_in})" if self.src_format == "meta" else ""
-        if self.check and self.check.get("kind") == "inverse":  # Llama 4 (convert/llama4_io.py)
+        if self.check and self.check.get("kind") == "inverse":  # Llama 4 / 3.2 Vision (convert/readback.py)
             check = f"check: all {self.check['tensors']} tensors read back bit-identical through the inverse map"
         else:
             check = (f"check: max |Δlogit| {self.check['max_abs']:.2e} ≤ {self.check['tol']:.1e} (positions to "

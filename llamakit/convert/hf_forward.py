@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from llamakit.convert.hf import INDEX, safetensors_files
-from llamakit.convert.stream import Rows, SafetensorsRows, linear
+from llamakit.convert.stream import Rows, SafetensorsRows, linear, safetensors_header
 from llamakit.errors import CheckIncomplete
 
 
@@ -64,6 +64,7 @@ def streamed_model(model_dir: Path) -> torch.nn.Module:
 
     model_dir = Path(model_dir)
     where = _locations(model_dir)
+    headers = {f: safetensors_header(f) for f in set(where.values())}  # each file's header read once
     config = AutoConfig.from_pretrained(str(model_dir))
     config._attn_implementation = "eager"
     with torch.device("meta"):
@@ -89,10 +90,10 @@ def streamed_model(model_dir: Path) -> torch.nn.Module:
         if isinstance(module, torch.nn.Linear):
             name, f = file_of(module.weight)
             bias = tensor(module.bias) if module.bias is not None else None
-            setattr(owner, child, StreamedLinear(SafetensorsRows(f, name), bias))
+            setattr(owner, child, StreamedLinear(SafetensorsRows(f, name, headers[f]), bias))
         elif isinstance(module, torch.nn.Embedding):
             name, f = file_of(module.weight)
-            setattr(owner, child, StreamedEmbedding(SafetensorsRows(f, name)))
+            setattr(owner, child, StreamedEmbedding(SafetensorsRows(f, name, headers[f])))
         elif any(b.is_meta for b in module.buffers(recurse=False)):
             setattr(owner, child, type(module)(config=config))  # rotary inv_freq: computed again, on the CPU
         else:

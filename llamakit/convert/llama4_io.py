@@ -32,15 +32,15 @@ def write_hf(source, out: Path, *, dtype, max_shard_size, progress) -> list[Path
     return write_shards(out, sizes, lambda n: plan[n][:2], produce, max_shard_size)
 
 
-def write_meta(source, out: Path, *, mp: int, dtype, progress) -> list[Path]:
-    """consolidated.NN.pth in Meta's shipped layout + params.json + checklist.chk, tensor by tensor, block by block."""
+def write_meta(source, out: Path, *, mp: int, dtype, progress, params: dict) -> list[Path]:
+    """consolidated.NN.pth in Meta's shipped layout + `params` as params.json + checklist.chk, tensor by tensor,
+    block by block."""
     from llamakit.convert.meta import write_checklist
-    from llamakit.convert.pth import PthWriter
+    from llamakit.convert.pth import writer_group
 
     plan = [(name, shape, dtype or dt, blocks) for name, shape, dt, blocks in source.meta_tensors(mp)]
     paths = [out / f"consolidated.{r:02d}.pth" for r in range(mp)]
-    writers = [PthWriter(p, [(n, s, d) for n, s, d, _ in plan]) for p in paths]
-    try:
+    with writer_group(paths, [(n, s, d) for n, s, d, _ in plan]) as writers:
         for name, shape, dt, blocks in plan:
             for r, w in enumerate(writers):
                 w.begin(name)
@@ -48,15 +48,6 @@ def write_meta(source, out: Path, *, mp: int, dtype, progress) -> list[Path]:
                     w.write(b if b.dtype == dt else b.to(dt))
                 w.end()
             progress(name, mp * _nbytes(shape, dt))
-        for w in writers:
-            w.close()
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
-    params = source.arch.to_params()
-    if source.vision is not None:
-        params["vision_args"] = source.vision.to_params()
     (out / "params.json").write_text(json.dumps(params, indent=2) + "\n")
     write_checklist(out)
     return paths + [out / "params.json", out / "checklist.chk"]
@@ -119,10 +110,11 @@ def _effective(a: Llama4Arch) -> tuple:
 
 
 def run(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size, check: bool, force: bool,
-        show_progress: bool, t0: float, after_weights, check_inverse, generation: str):
+        show_progress: bool, t0: float, after_weights, check_inverse, generation: str, meta_params: dict):
     """The conversion both fused-layout families share (Llama 4 here, Llama 3.2 Vision in mllama_io): stream the
     tensors into a staging directory, then `after_weights(tmp, mp_out) -> tokenizer note` (configs, tokenizer),
-    then `check_inverse`, then commit. `source` lists its tensors (`hf_tensors` / `meta_tensors`)."""
+    then `check_inverse`, then commit. `source` lists its tensors (`hf_tensors` / `meta_tensors`); `meta_params`
+    is the params.json a Meta output gets."""
     from llamakit.convert import output
     from llamakit.convert.api import ConvertResult
 
@@ -136,7 +128,7 @@ def run(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size, che
             if to == "hf":
                 write_hf(source, tmp, dtype=cast, max_shard_size=max_shard_size, progress=advance)
             else:
-                write_meta(source, tmp, mp=mp_out, dtype=cast, progress=advance)
+                write_meta(source, tmp, mp=mp_out, dtype=cast, progress=advance, params=meta_params)
         timings["weights_s"] = round(time.perf_counter() - t, 3)
         tok = after_weights(tmp, plan)
         report = check_inverse(source, tmp, to, cast=cast) if check else None
@@ -168,7 +160,14 @@ def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size,
 
     return run(source, dst, to=to, mp=mp, cast=cast, max_shard_size=max_shard_size, check=check, force=force,
                show_progress=show_progress, t0=t0, after_weights=after_weights, check_inverse=check_inverse,
-               generation=arch.describe(vision=source.vision))
+               generation=arch.describe(vision=source.vision), meta_params=_meta_params(source))
+
+
+def _meta_params(source) -> dict:
+    params = source.arch.to_params()
+    if source.vision is not None:
+        params["vision_args"] = source.vision.to_params()
+    return params
 
 
 def _tokenizer(source, out: Path, to: str) -> tuple[str, dict]:

@@ -11,7 +11,7 @@ from typing import Callable
 from llamakit.convert import keymap
 from llamakit.convert.decide import params_json
 from llamakit.convert.entries import Entry, part_rows
-from llamakit.convert.pth import PthWriter
+from llamakit.convert.pth import writer_group
 
 
 def write_meta(source, out: Path, *, mp: int, dtype, progress: Callable[[str, int], None]) -> list[Path]:
@@ -33,8 +33,7 @@ def write_meta(source, out: Path, *, mp: int, dtype, progress: Callable[[str, in
             shard_shape[d] //= mp
         plans.append((e, d, tuple(shard_shape), dtype or e.dtype, src_name))
     paths = [out / f"consolidated.{r:02d}.pth" for r in range(mp)]
-    writers = [PthWriter(p, [(e.name, shape, dt) for e, _, shape, dt, _ in plans]) for p in paths]
-    try:
+    with writer_group(paths, [(e.name, shape, dt) for e, _, shape, dt, _ in plans]) as writers:
         for e, d, shard_shape, out_dtype, src_name in plans:
             for w in writers:
                 w.begin(e.name)
@@ -57,12 +56,6 @@ def write_meta(source, out: Path, *, mp: int, dtype, progress: Callable[[str, in
             for w in writers:
                 w.end()
             progress(e.name, e.nbytes)
-        for w in writers:
-            w.close()
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
     (out / "params.json").write_text(json.dumps(params_json(arch), indent=2) + "\n")
     write_checklist(out)
     return paths + [out / "params.json", out / "checklist.chk"]

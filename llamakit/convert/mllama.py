@@ -129,7 +129,6 @@ class MllamaMetaSource:
 
     fmt = "meta"
     family = "mllama"
-    vision = None  # llama4_io writers: no Llama 4 VisionArch (this encoder is arch.vision)
 
     def __init__(self, directory: Path, params: dict):
         from llamakit.convert.arch import validate_params_json
@@ -219,7 +218,6 @@ class MllamaHFSource:
     fmt = "hf"
     family = "mllama"
     mp = 1
-    vision = None  # llama4_io writers: no Llama 4 VisionArch (this encoder is arch.vision)
 
     def __init__(self, directory: Path):
         from safetensors import SafetensorError, safe_open

@@ -16,6 +16,7 @@ at a time, with a deterministic serialization id so reruns give identical files.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import io
 import mmap
@@ -136,6 +137,21 @@ def tensor_bytes(t: "torch.Tensor") -> memoryview:
 
     flat = t.contiguous().reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy() if flat.numel() else b"")
+
+
+@contextlib.contextmanager
+def writer_group(paths: list[Path], specs):
+    """One `PthWriter` per path (the MP shards of one checkpoint), all closed when the body finishes, all aborted
+    if it (or a close) raises. `specs`: every shard's (name, shape, dtype), in write order."""
+    writers = [PthWriter(p, specs) for p in paths]
+    try:
+        yield writers
+        for w in writers:
+            w.close()
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
 
 
 class PthWriter:

@@ -108,28 +108,35 @@ class MappedRows(TensorRows):
 _ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
 
 
-def map_safetensors(path: Path, key: str) -> torch.Tensor:
-    """Tensor `key` of a safetensors file as a view of a private (copy-on-write, never written) mapping of its
-    bytes, located by the file's own header. Pages are read on first touch; `release` hands them back."""
-    import numpy as np
-
+def safetensors_header(path: Path) -> tuple[int, dict]:
+    """(where the data section starts, the JSON header) of a safetensors file."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        meta = json.loads(f.read(n))[key]
+        return 8 + n, json.loads(f.read(n))
+
+
+def map_safetensors(path: Path, key: str, header: tuple[int, dict] | None = None) -> torch.Tensor:
+    """Tensor `key` of a safetensors file as a view of a private (copy-on-write, never written) mapping of its
+    bytes, located by the file's own header (`header`: `safetensors_header(path)`, when the caller has read it).
+    Pages are read on first touch; `release` hands them back."""
+    import numpy as np
+
+    base, meta = header or safetensors_header(path)
+    meta = meta[key]
     start, end = meta["data_offsets"]
     dtype = _ST_DTYPES[meta["dtype"]]
     if end == start:
         return torch.empty(meta["shape"], dtype=dtype)
-    raw = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + n + start, shape=(end - start,))
+    raw = np.memmap(path, dtype=np.uint8, mode="c", offset=base + start, shape=(end - start,))
     return torch.from_numpy(raw).view(dtype).reshape(meta["shape"])
 
 
 class SafetensorsRows(MappedRows):
     """Tensor `key` of safetensors file `path`, mapped (`map_safetensors`) and read a block at a time."""
 
-    def __init__(self, path: Path, key: str):
+    def __init__(self, path: Path, key: str, header: tuple[int, dict] | None = None):
         self.path, self.key = path, key
-        super().__init__(map_safetensors(path, key))
+        super().__init__(map_safetensors(path, key, header))
 
     def take(self, idx):
         out = self.t[idx].float()

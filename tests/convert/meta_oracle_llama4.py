@@ -214,22 +214,9 @@ def main(argv: list[str]) -> None:
 
 
 def launch(mode: str, directory, shape: str, batches, out, *, nproc: int = 1, timeout: float = 600) -> None:
-    import socket
-    import subprocess
+    from meta_oracle import run_ranks  # the llama3 oracle's launcher: torchrun's contract, nothing of llamakit
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(nproc),
-               GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    env.pop("PYTHONPATH", None)  # nothing of llamakit on the oracle's path
-    procs = [subprocess.Popen([sys.executable, __file__, mode, str(directory), shape, str(batches), str(out)],
-                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for r in range(nproc)]
-    errs = [p.communicate(timeout=timeout)[1] for p in procs]
-    bad = [(r, p.returncode, e) for r, (p, e) in enumerate(zip(procs, errs)) if p.returncode]
-    if bad:
-        raise RuntimeError(f"Meta's code failed on rank {bad[0][0]} (exit {bad[0][1]}):\n{bad[0][2][-3000:]}")
+    run_ranks(__file__, [mode, directory, shape, batches, out], nproc=nproc, timeout=timeout)
 
 
 if __name__ == "__main__":

@@ -253,3 +253,14 @@ def test_transformers_5_key_names_are_read(written, tmp_path):
     assert r.check["bit_identical"] and want.keys() == got.keys()
     tiles = [k for k in want if k.endswith(("gated_positional_embedding", "tile_pos_embed.embedding"))]
     assert all(torch.equal(want[k], got[k]) for k in want if k not in tiles)
+
+
+def test_info_local_describes_both_layouts(written):
+    from llamakit.convert.api import convert
+    from llamakit.describe import describe_local
+
+    tmp = written[0]
+    if not (tmp / "hf").is_dir():
+        convert(tmp / "meta", tmp / "hf", to="hf", show_progress=False)
+    for d in ("meta", "hf"):
+        assert describe_local(tmp / d)["generation"].startswith("Llama 3.2 Vision layout: 4 text layers")
