@@ -67,7 +67,7 @@ class MetaSource:
         self.tokenizer_path = find_meta_tokenizer(self.path)
         kind = tokenizer_kind(self.tokenizer_path) if self.tokenizer_path else None
         self.plan = plan_shards(self.params, shapes, where=self.path, output_same=self._output_same_as_embedding,
-                                legacy_hint=(kind == "sentencepiece") if kind else None)
+                                legacy_hint=(kind == "sentencepiece") if kind else None, names=[f.name for f in files])
         self.arch, self.mp = self.plan.arch, self.plan.mp
         self.decision = self.plan.decision
         self.catalog = self.decision.catalog

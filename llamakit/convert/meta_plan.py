@@ -36,9 +36,19 @@ class ShardPlan:
     has_output: bool = True  # the shards hold output.weight (Meta's code always has one; old tied exports lack it)
 
 
+SINGLE_SHARD = "consolidated.pth"  # an MP-1 checkpoint's one file as the HF repos' original/ folders of Llama 3.2
+# Vision name it; Meta's own download (and llamakit's writer) names the same file consolidated.00.pth
+
+
 def shard_files(directory: Path) -> list[Path]:
-    """consolidated.NN.pth in rank order; a gap in the numbering is a missing shard."""
+    """consolidated.NN.pth in rank order (a gap in the numbering is a missing shard), or the one consolidated.pth."""
     found = {int(m.group(1)): p for p in directory.iterdir() if (m := SHARD_RE.match(p.name))}
+    single = directory / SINGLE_SHARD
+    if single.is_file():
+        if found:
+            raise InputFileError(f"both {SINGLE_SHARD} and consolidated.NN.pth shards: two checkpoints in one folder",
+                                 path=directory, fix=f"keep either {SINGLE_SHARD} or the numbered shards")
+        return [single]
     if not found:
         raise InputFileError("no consolidated.NN.pth shards", path=directory, fix="point at a Meta checkpoint directory")
     missing = [f"consolidated.{i:02d}.pth" for i in range(max(found) + 1) if i not in found]
@@ -49,14 +59,15 @@ def shard_files(directory: Path) -> list[Path]:
 
 def plan_shards(params: dict, shards: list[dict[str, tuple[tuple[int, ...], "torch.dtype"]]], *,
                 where: Path, output_same: Callable[[], bool] | None = None,
-                legacy_hint: bool | None = None) -> ShardPlan:
+                legacy_hint: bool | None = None, names: list[str] | None = None) -> ShardPlan:
     """The merged layout of Meta shards, from shapes alone, and the architecture decided from it (decide.py).
 
     `output_same()` says whether output.weight holds the same bytes as tok_embeddings.weight (only asked
     when both are there; None: treat them as distinct). `legacy_hint`: with one shard the embedding split is
-    invisible, so the tokenizer says which code wrote it (sentencepiece: Llama 1/2)."""
+    invisible, so the tokenizer says which code wrote it (sentencepiece: Llama 1/2). `names`: the shards' file
+    names, for messages (default consolidated.NN.pth)."""
     n = len(shards)
-    names = [f"consolidated.{r:02d}.pth" for r in range(n)]
+    names = names or [f"consolidated.{r:02d}.pth" for r in range(n)]
     keys0 = [k for k in shards[0] if k not in keymap.DROPPED_META]
     for r in range(1, n):
         ks = [k for k in shards[r] if k not in keymap.DROPPED_META]

@@ -90,3 +90,29 @@ def test_hf_to_meta_to_hf_is_bit_identical(tmp_path, tiny_shape, mp):
     for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size",
                 "num_hidden_layers", "rms_norm_eps", "tie_word_embeddings", "rope_parameters"):
         assert ca[key] == cb[key], key
+
+
+def _as_hub_original(meta, dst):
+    """`meta`'s files with its one shard named as the HF repos' original/ folders name it: consolidated.pth."""
+    dst.mkdir()
+    for f in meta.iterdir():
+        (dst / ("consolidated.pth" if f.name == "consolidated.00.pth" else f.name)).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_a_single_consolidated_pth_converts_like_consolidated_00(tmp_path):
+    """An MP-1 checkpoint whose one file is consolidated.pth (no number) is the same checkpoint: same HF bytes,
+    and the check passes; a folder holding both names is two checkpoints and is refused."""
+    from llamakit.errors import InputFileError
+
+    write_meta_checkpoint(tmp_path / "meta", "tied", 1)
+    hub = _as_hub_original(tmp_path / "meta", tmp_path / "original")
+    a = convert(tmp_path / "meta", tmp_path / "a", show_progress=False)
+    b = convert(hub, tmp_path / "b", show_progress=False)
+    assert b.mp_in == 1 and b.check is not None and b.errata == a.errata and b.arch == a.arch
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+    (hub / "consolidated.00.pth").write_bytes((tmp_path / "meta" / "consolidated.00.pth").read_bytes())
+    with pytest.raises(InputFileError, match="both consolidated.pth and consolidated.NN.pth"):
+        convert(hub, tmp_path / "c", show_progress=False)
+    assert not (tmp_path / "c").exists()

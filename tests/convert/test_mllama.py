@@ -255,6 +255,23 @@ def test_transformers_5_key_names_are_read(written, tmp_path):
     assert all(torch.equal(want[k], got[k]) for k in want if k not in tiles)
 
 
+def test_the_hub_single_file_name_converts_the_same(written, tmp_path):
+    """The HF repos' original/ folder of Llama 3.2 Vision holds the MP-1 weights as consolidated.pth, where Meta's
+    download names them consolidated.00.pth (transformers#35049): either name is the same checkpoint, same bytes."""
+    from llamakit.convert.api import convert
+
+    tmp = written[0]
+    if not (tmp / "hf").is_dir():
+        convert(tmp / "meta", tmp / "hf", to="hf", show_progress=False)
+    hub = tmp_path / "original"
+    hub.mkdir()
+    for f in (tmp / "meta").iterdir():
+        (hub / ("consolidated.pth" if f.name == "consolidated.00.pth" else f.name)).write_bytes(f.read_bytes())
+    r = convert(hub, tmp_path / "hf", to="hf", show_progress=False)
+    assert r.mp_in == 1 and r.check["bit_identical"]
+    assert (tmp_path / "hf" / "model.safetensors").read_bytes() == (tmp / "hf" / "model.safetensors").read_bytes()
+
+
 def test_info_local_describes_both_layouts(written):
     from llamakit.convert.api import convert
     from llamakit.describe import describe_local
