@@ -117,13 +117,15 @@ def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", che
     with output.staging(dst, force=force) as tmp:
         # Work that does not depend on the written weights runs meanwhile, on two worker threads: the check's
         # source side (its forward reads only the source), and the import of transformers' modeling code that
-        # the result side will need, then the tokenizer. The weights are copied in the kernel and written with
-        # the GIL released, and torch's kernels release it too, so all three overlap; the imports and the
-        # tokenizer hold the GIL, so they share one thread. Leaving the pool waits for both workers, also
+        # the result side will need, then the tokenizer. The copy's kernel work (copy_file_range, writeback)
+        # overlaps them; their Python work takes turns on the GIL (the imports hold it throughout, and a
+        # thread of torch operations makes little progress beside them: BENCHMARKS.md, "what bounds the
+        # default command"), which is why the check's whole serial work still shows in the wall time. A
+        # second process measured no faster on two cores. Leaving the pool waits for both workers, also
         # when the weights fail.
         with _short_gil_turns(), ThreadPoolExecutor(max_workers=2, thread_name_prefix="llamakit-prepare") as pool:
             side_job = pool.submit(_timed, _check_source, source, whole_model_check, reference) if check else None
-            tok_job = pool.submit(_timed, _tokenizer, source, tmp, to, arch, check and to == "hf")
+            tok_job = pool.submit(_timed, _imports_then_tokenizer, source, tmp, to, arch, check and to == "hf")
             t = time.perf_counter()
             with output.progress_bar(total, enabled=show_progress, label=f"{source.fmt}→{to}") as advance:
                 if to == "hf":
@@ -192,11 +194,16 @@ def _check_source(source, whole_model: bool, reference: str):
         torch.set_num_threads(threads)
 
 
-def _tokenizer(source, out: Path, to: str, arch, import_transformers: bool = False):
-    from llamakit.convert import tokenizer
-
-    if import_transformers:  # the check's result side runs transformers' model: import it while the weights copy
+def _imports_then_tokenizer(source, out: Path, to: str, arch, result_side_imports: bool):
+    """One worker's turn: the imports the check's result side will need (transformers' model), then the tokenizer.
+    Both are plain Python, which threads cannot overlap (GIL), so they share one worker rather than two."""
+    if result_side_imports:
         import transformers.models.llama.modeling_llama  # noqa: F401
+    return _tokenizer(source, out, to, arch)
+
+
+def _tokenizer(source, out: Path, to: str, arch):
+    from llamakit.convert import tokenizer
 
     if source.fmt == "meta" and to == "hf":
         note, ids = tokenizer.meta_to_hf(source.tokenizer_path, out, llama31=arch.rope_scaling is not None)
