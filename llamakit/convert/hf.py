@@ -20,6 +20,7 @@ from llamakit.convert.arch import Arch
 from llamakit.convert.entries import Entry, expected_shapes, part_rows
 from llamakit.convert.output import FileSpan, SpanCopier, pwrite_all, start_writeback
 from llamakit.convert.pth import tensor_bytes
+from llamakit.convert.quantized import refuse_quantized_hf
 from llamakit.errors import ConversionError, InputFileError, UsageError
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class HFSource:
 
         self.path = Path(directory)
         self.arch = Arch.from_hf_config(self.path / "config.json", legacy_embedding=legacy_embedding)
+        refuse_quantized_hf(self.path, json.loads((self.path / "config.json").read_text()))  # before any weight
         self._where: dict[str, tuple[Path, str, keymap.Rule]] = {}
         found: dict[str, tuple[tuple[int, ...], object]] = {}
         for f in safetensors_files(self.path):

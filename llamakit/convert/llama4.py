@@ -394,7 +394,7 @@ def shard_paths_of(directory: Path) -> list[Path]:
 
 
 def open_meta(directory: Path, params: dict) -> Llama4MetaSource:
-    from llamakit.convert.fp8 import refuse_fp8
+    from llamakit.convert.quantized import refuse_quantized
 
-    refuse_fp8(directory, unwrap(params))  # Maverick FP8: before any shard is opened
+    refuse_quantized(directory, unwrap(params))  # Maverick FP8: before any shard is opened
     return Llama4MetaSource(directory, params, shard_paths_of(directory))

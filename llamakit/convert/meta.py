@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from llamakit.convert.arch import validate_params_json
 from llamakit.convert.entries import Entry, expected_shapes, part_rows  # noqa: F401 (re-exported)
-from llamakit.convert.meta_plan import SHARD_RE, ShardPlan, plan_shards, refuse_fp8, shard_files  # noqa: F401
+from llamakit.convert.meta_plan import SHARD_RE, ShardPlan, plan_shards, refuse_quantized, shard_files  # noqa: F401
 from llamakit.convert.meta_write import write_checklist, write_meta  # noqa: F401 (re-exported)
 from llamakit.convert.output import FileSpan, coalesce
 from llamakit.convert.pth import load_pth, prefetch, release
@@ -53,7 +53,7 @@ class MetaSource:
         self.path = Path(directory)
         files = shard_files(self.path)
         self.params = validate_params_json(self.path / "params.json")
-        refuse_fp8(self.path, self.params)
+        refuse_quantized(self.path, self.params)
         self._files = files
         self._index = [read_index(f) for f in files]
         self._loaded = None

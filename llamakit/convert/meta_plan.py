@@ -3,7 +3,7 @@
 `plan_shards` is the pure part: from params.json and each shard's {key: shape} it derives the
 model-parallel degree, how tok_embeddings was split, the full shape of every tensor and the `Arch`
 (decided in decide.py), or says precisely what is inconsistent. `shard_files` finds the shards,
-`refuse_fp8` (convert/fp8.py) turns away the FP8 releases. The I/O (reading the shards) is meta.py's.
+`refuse_quantized` (convert/quantized.py) turns away the FP8 and INT4 releases. The I/O (reading the shards) is meta.py's.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from llamakit.convert import keymap
 from llamakit.convert.arch import Arch, meta_ffn_dim
 from llamakit.convert.decide import Decision, Facts, Output, decide, rope_from_params
 from llamakit.convert.entries import Entry, expected_shapes
-from llamakit.convert.fp8 import refuse_fp8  # noqa: F401 - one FP8 refusal for Llama 3 and 4 (convert/fp8.py)
+from llamakit.convert.quantized import refuse_quantized  # noqa: F401 - one refusal for Llama 3 and 4 (convert/quantized.py)
 from llamakit.errors import ConversionError, InputFileError
 
 if TYPE_CHECKING:

@@ -111,12 +111,12 @@ def test_maverick_fp8_is_refused_naming_the_bf16_release(tmp_path):
 
 
 def test_405b_fp8_is_refused_naming_the_bf16_releases(tmp_path):
-    from llamakit.convert.fp8 import refuse_fp8
+    from llamakit.convert.quantized import refuse_quantized
     from llamakit.errors import ConversionError
 
     (tmp_path / "fp8_scales_0.pt").write_bytes(b"")
     with pytest.raises(ConversionError) as err:
-        refuse_fp8(tmp_path, {"dim": 16384, "n_layers": 126})
+        refuse_quantized(tmp_path, {"dim": 16384, "n_layers": 126})
     assert "llama-3.1-405b-fp8" in str(err.value) and "bf16 release llama-3.1-405b or" in err.value.fix
 
 
