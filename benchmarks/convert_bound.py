@@ -6,8 +6,9 @@ benchmarks/convert_bench.py made (default: its 2.09 GB 7B-width MP 2 one).
            import transformers' Llama modeling code, the tokenizer, the check's result side (transformers'
            model over the written files; needs OUT, a finished `llamakit convert --no-check` output).
   split    the check moved out of the converting process: `llamakit convert --no-check` in one child
-           process and, beside it, a second child that imports torch, runs the source side, imports
-           transformers, then waits for the first child to finish and runs the result side (the two
+           process and, beside it, a second child that imports torch, runs the source side (torch at
+           one thread, as convert's worker runs it), imports transformers, then waits for the first
+           child to finish and runs the result side (torch at two threads) (the two
            processes share nothing; wall time is from the start of both to the end of the second).
   gil      one thread running torch operations on check-sized blocks (widen 128 × 4096 bf16 rows to
            float32, multiply 28 tokens by them) beside one thread running plain Python: how much of

@@ -3,8 +3,9 @@
 The same detection `convert` uses (format, architecture, Llama generation, the
 catalog releases with exactly these shapes), without loading a tensor or importing
 torch (a Meta Llama 4 directory is read through torch's memory-mapped loader: its
-shipped layout is a pickle of tensors, not the zip records the Llama 1-3 reader parses). A Hugging Face cache snapshot, or a model name resolved to its cached
-snapshot, is described like any directory, plus the repo and revision its path names.
+shipped layout is a pickle of tensors, not the zip records the Llama 1-3 reader parses).
+A Hugging Face cache snapshot, or a model name resolved to its cached snapshot, is
+described like any directory, plus the repo and revision its path names.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from typing import Any
 
 
 def describe_local(arg: str | Path) -> dict[str, Any]:
-    from llamakit.convert.decide import generation
-    from llamakit.convert.detect import detect_format, open_source
+    from llamakit.convert.detect import detect_format, generation, open_source
     from llamakit.fetch.hf_cache import parse_snapshot, resolve_local
 
     path = resolve_local(arg)
@@ -25,16 +25,9 @@ def describe_local(arg: str | Path) -> dict[str, Any]:
     snap = parse_snapshot(path) if path.is_dir() else None
     if snap is not None:
         info["hf_cache"] = {"repo": snap.repo, "revision": snap.commit}
-    family = getattr(source, "family", None)
-    if family == "llama4":  # its own layout line, and the vision encoder when there is one
-        vision = source.vision
-        info["generation"] = source.arch.describe(vision=vision)
-        if vision is not None:
-            info["vision"] = vision.to_json()
-    elif family == "mllama":  # Llama 3.2 Vision: its arch describes text, cross-attention and encoder
-        info["generation"] = source.arch.describe()
-    else:
-        info["generation"] = generation(source.arch)
+    info["generation"] = generation(source)
+    if getattr(source, "family", None) == "llama4" and source.vision is not None:
+        info["vision"] = source.vision.to_json()  # the encoder's vision_args
     info["catalog_matches"] = list(getattr(source, "catalog", []) or [])
     mp = getattr(source, "mp", None)
     if mp is not None:

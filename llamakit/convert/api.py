@@ -69,7 +69,7 @@ def _torch_dtype(dtype: str | None):
 def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", check=True, force=False,
             show_progress=True, whole_model_check=False, reference="llamakit") -> ConvertResult:
     """Convert SRC (Meta dir, HF dir or .gguf) to DST (`to` = 'hf' | 'meta'), streaming, then prove equality."""
-    from llamakit.convert import decide, detect, hf, meta_write, output
+    from llamakit.convert import detect, hf, meta_write, output
 
     t0 = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -150,7 +150,7 @@ def convert(src, dst, *, to=None, mp=None, dtype=None, max_shard_size="5GB", che
     timings["commit_s"] = round(time.perf_counter() - t_commit, 3)  # fsync + rename
 
     return ConvertResult(
-        src=str(src), dst=str(dst), src_format=source.fmt, dst_format=to, generation=decide.generation(arch),
+        src=str(src), dst=str(dst), src_format=source.fmt, dst_format=to, generation=detect.generation(source),
         mp_in=source.mp, mp_out=mp_out if to == "meta" else 1, n_tensors=len(entries), bytes_written=written,
         files=files, tokenizer=tok_note, check=report.to_json() if report else None,
         wall_s=round(time.perf_counter() - t0, 3), catalog=source.decision.catalog, arch=arch.to_json(),

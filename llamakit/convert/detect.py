@@ -82,6 +82,11 @@ def open_source(src: Path, *, torch_free: bool = False):
     if fmt == "hf":
         from llamakit.convert import llama4, mllama
         from llamakit.convert.hf import HFSource
+        from llamakit.convert.quantized import refuse_quantized_hf
+
+        config = _json_or_none(path / "config.json")
+        if config is not None:  # every HF family, before any weight is read (an unreadable one: its reader says why)
+            refuse_quantized_hf(path, config)
 
         if llama4.is_llama4_config(path / "config.json"):
             return llama4.Llama4HFSource(path)
@@ -98,6 +103,19 @@ def open_source(src: Path, *, torch_free: bool = False):
     source.decision = decide(Facts(source.arch, source.arch.rope_scaling is not None, output, context_given=True))
     source.arch, source.catalog = source.decision.arch, source.decision.catalog
     return source
+
+
+def generation(source) -> str:
+    """The layout line `convert` and `info --local` print for an opened source: Llama 4 and Llama 3.2 Vision
+    describe their own layouts (experts, vision encoder, cross-attention), Llama 1-3 by generation (decide.py)."""
+    family = getattr(source, "family", None)
+    if family == "llama4":
+        return source.arch.describe(vision=source.vision)
+    if family == "mllama":
+        return source.arch.describe()
+    from llamakit.convert.decide import generation as text_generation
+
+    return text_generation(source.arch)
 
 
 def _json_or_none(path: Path):

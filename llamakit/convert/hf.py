@@ -20,7 +20,6 @@ from llamakit.convert.arch import Arch
 from llamakit.convert.entries import Entry, expected_shapes, part_rows
 from llamakit.convert.output import FileSpan, SpanCopier, pwrite_all, start_writeback
 from llamakit.convert.pth import tensor_bytes
-from llamakit.convert.quantized import refuse_quantized_hf
 from llamakit.errors import ConversionError, InputFileError, UsageError
 
 if TYPE_CHECKING:
@@ -35,7 +34,8 @@ def dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _torch_dtype(st: str):
+def st_torch_dtype(st: str):
+    """The torch dtype of a safetensors dtype code ("BF16" -> torch.bfloat16)."""
     import torch
 
     inv = {v: k for k, v in _ST_DTYPES.items()}
@@ -73,7 +73,6 @@ class HFSource:
 
         self.path = Path(directory)
         self.arch = Arch.from_hf_config(self.path / "config.json", legacy_embedding=legacy_embedding)
-        refuse_quantized_hf(self.path, json.loads((self.path / "config.json").read_text()))  # before any weight
         self._where: dict[str, tuple[Path, str, keymap.Rule]] = {}
         found: dict[str, tuple[tuple[int, ...], object]] = {}
         for f in safetensors_files(self.path):
@@ -87,7 +86,7 @@ class HFSource:
                             continue  # a tied lm_head saved anyway is the embedding again
                         meta_key = keymap.name_of(rule, "meta", layer)
                         sl = st.get_slice(hf_key)
-                        found[meta_key] = (tuple(sl.get_shape()), _torch_dtype(sl.get_dtype()))
+                        found[meta_key] = (tuple(sl.get_shape()), st_torch_dtype(sl.get_dtype()))
                         self._where[meta_key] = (f, hf_key, rule)
             except (SafetensorError, OSError) as exc:
                 raise InputFileError(f"unreadable safetensors file ({exc})", path=f, fix="re-download it") from None

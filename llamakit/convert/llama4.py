@@ -255,16 +255,11 @@ class Llama4MetaSource:
             # held the tensor twice (copy + pages read): 4.2 GB for Scout's embedding at MP 8 (BENCHMARKS.md).
             for r in range(self.mp):
                 p = self._piece(rule, layer, r)
-                step = max(1, BLOCK_BYTES // max(1, p[:1].numel() * p.element_size())) if p.dim() > 1 else p.shape[0]
-                for a in range(0, p.shape[0], step):
-                    yield p[a:a + step].contiguous()
+                yield from _row_blocks(p)
                 release(p)
             return
         used: list = []
-        t = self._merged(rule, layer, used=used)
-        step = max(1, BLOCK_BYTES // max(1, t[:1].numel() * t.element_size())) if t.dim() > 1 else t.shape[0]
-        for a in range(0, t.shape[0], step):
-            yield t[a:a + step].contiguous()
+        yield from _row_blocks(self._merged(rule, layer, used=used))
         for p in used:
             release(p)
 
@@ -336,9 +331,11 @@ class Llama4HFSource:
             f, k = self._where[rule.hf.format(i=layer)]
             from safetensors import safe_open
 
+            from llamakit.convert.hf import st_torch_dtype
+
             with safe_open(f, framework="pt") as st:
                 dtype = st.get_slice(k).get_dtype()
-            yield name, shape, _torch_dtype(dtype), (lambda rank, rows=rows, mp=mp: self._shard_blocks(rows, rank, mp))
+            yield name, shape, st_torch_dtype(dtype), (lambda rank, rows=rows, mp=mp: self._shard_blocks(rows, rank, mp))
 
     def _shard_blocks(self, rows, rank: int, mp: int):
         a = self.arch
@@ -367,6 +364,13 @@ def _shard_of(t, split: int | None, rank: int, mp: int):
     return t.narrow(split, rank * n, n)
 
 
+def _row_blocks(t):
+    """`t` in contiguous dim-0 blocks of about BLOCK_BYTES (a 1-D tensor whole)."""
+    step = max(1, BLOCK_BYTES // max(1, t[:1].numel() * t.element_size())) if t.dim() > 1 else t.shape[0]
+    for a in range(0, t.shape[0], step):
+        yield t[a:a + step].contiguous()
+
+
 def _shard_shape(rule: keymap.L4Rule, a: Llama4Arch, mp: int, v: VisionArch | None = None) -> tuple[int, ...]:
     """The shape one MP shard stores for `rule`'s part of a shipped tensor."""
     s = list(hf_shape(rule, a, v))
@@ -379,12 +383,6 @@ def _shard_shape(rule: keymap.L4Rule, a: Llama4Arch, mp: int, v: VisionArch | No
     if rule.experts:
         s = [s[0] * s[1], s[2]]
     return tuple(s)
-
-
-def _torch_dtype(st: str):
-    import torch
-
-    return {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[st]
 
 
 def shard_paths_of(directory: Path) -> list[Path]:

@@ -143,6 +143,7 @@ def run(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size, che
 
 def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size, check: bool, force: bool,
             show_progress: bool, t0: float):
+    from llamakit.convert import detect
     from llamakit.convert.hf import dtype_name
 
     arch = source.arch
@@ -160,7 +161,7 @@ def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size,
 
     return run(source, dst, to=to, mp=mp, cast=cast, max_shard_size=max_shard_size, check=check, force=force,
                show_progress=show_progress, t0=t0, after_weights=after_weights, check_inverse=check_inverse,
-               generation=arch.describe(vision=source.vision), meta_params=_meta_params(source))
+               generation=detect.generation(source), meta_params=_meta_params(source))
 
 
 def _meta_params(source) -> dict:

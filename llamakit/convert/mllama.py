@@ -265,11 +265,11 @@ class MllamaHFSource:
     def _dtype(self, name: str):
         from safetensors import safe_open
 
-        from llamakit.convert.hf import _torch_dtype
+        from llamakit.convert.hf import st_torch_dtype
 
         f, k = self._where[name]
         with safe_open(f, framework="pt") as st:
-            return _torch_dtype(st.get_slice(k).get_dtype())
+            return st_torch_dtype(st.get_slice(k).get_dtype())
 
     def meta_tensors(self, mp: int):
         """(Meta name, shard shape, dtype, blocks(rank)) for every Meta tensor, in rule order."""

@@ -66,6 +66,7 @@ def write_configs(arch, out: Path, dtype: str) -> list[Path]:
 
 def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size, check: bool, force: bool,
             show_progress: bool, t0: float):
+    from llamakit.convert import detect
     from llamakit.convert.hf import dtype_name
 
     arch = source.arch
@@ -79,7 +80,7 @@ def convert(source, dst: Path, *, to: str, mp: int | None, cast, max_shard_size,
 
     return run(source, dst, to=to, mp=mp, cast=cast, max_shard_size=max_shard_size, check=check, force=force,
                show_progress=show_progress, t0=t0, after_weights=after_weights, check_inverse=check_inverse,
-               generation=arch.describe(), meta_params=arch.to_params())
+               generation=detect.generation(source), meta_params=arch.to_params())
 
 
 def _copy_tokenizer(source, out: Path) -> str:

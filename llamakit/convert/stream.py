@@ -105,9 +105,6 @@ class MappedRows(TensorRows):
             yield a, block
 
 
-_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
-
-
 def safetensors_header(path: Path) -> tuple[int, dict]:
     """(where the data section starts, the JSON header) of a safetensors file."""
     with open(path, "rb") as f:
@@ -121,10 +118,12 @@ def map_safetensors(path: Path, key: str, header: tuple[int, dict] | None = None
     Pages are read on first touch; `release` hands them back."""
     import numpy as np
 
+    from llamakit.convert.hf import st_torch_dtype
+
     base, meta = header or safetensors_header(path)
     meta = meta[key]
     start, end = meta["data_offsets"]
-    dtype = _ST_DTYPES[meta["dtype"]]
+    dtype = st_torch_dtype(meta["dtype"])
     if end == start:
         return torch.empty(meta["shape"], dtype=dtype)
     raw = np.memmap(path, dtype=np.uint8, mode="c", offset=base + start, shape=(end - start,))
